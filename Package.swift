@@ -1,0 +1,40 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "FastVideoDistributed",
+    products: [
+        .library(name: "FastVideoDistributed", targets: ["FastVideoDistributed"]),
+        .executable(name: "fvd", targets: ["fvd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // Thin C shims: futex, atomics on raw memory, streaming-store copy. Nothing clever in C.
+        .target(name: "CFVDShims"),
+        .target(
+            name: "FastVideoDistributed",
+            dependencies: ["CFVDShims"]
+        ),
+        // The `fvd` commands live in a library so that tests can drive them without a process.
+        .target(
+            name: "FVDCommandLine",
+            dependencies: [
+                "FastVideoDistributed",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "fvd", dependencies: ["FVDCommandLine"]),
+        .testTarget(
+            name: "FastVideoDistributedTests",
+            dependencies: ["FastVideoDistributed"],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "FVDCommandLineTests",
+            dependencies: ["FVDCommandLine", "FastVideoDistributed"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,37 @@
+#ifndef CFVDSHIMS_H
+#define CFVDSHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// Sequentially consistent atomics on plain words in memory we allocate ourselves
+// (heap for the in-process transport, a shared mapping later). Swift's `Atomic`
+// has no stable address, which futex needs.
+static inline uint64_t fvd_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fvd_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint32_t fvd_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline uint32_t fvd_atomic_add_u32(uint32_t *p, uint32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t fvd_atomic_sub_u32(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_SEQ_CST); }
+static inline void fvd_atomic_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void fvd_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/// Sleeps while `*addr == expected`, at most `timeout_ns` (< 0: no limit).
+/// Returns 0 when woken or when the value already differed, ETIMEDOUT on timeout,
+/// EINTR when interrupted. `shared` selects the cross-process futex operations.
+int fvd_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns, int shared);
+/// Wakes up to `count` waiters on `addr`. Returns the number woken or -errno.
+int fvd_futex_wake(uint32_t *addr, int count, int shared);
+
+/// Copies `n` bytes like memcpy; with `streaming` set it uses non-temporal stores
+/// (on x86-64) so that copies far larger than the cache do not evict it.
+void fvd_copy(void *dst, const void *src, size_t n, int streaming);
+/// Orders streaming stores before later stores; call once after a batch of `fvd_copy(..., 1)`.
+void fvd_store_fence(void);
+
+#endif

@@ -1,0 +1,70 @@
+#define _GNU_SOURCE
+#include "CFVDShims.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
+int fvd_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns, int shared) {
+    struct timespec ts;
+    struct timespec *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
+        tsp = &ts;
+    }
+    int op = shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE;
+    long rc = syscall(SYS_futex, addr, op, expected, tsp, NULL, 0);
+    if (rc == 0) return 0;
+    if (errno == EAGAIN) return 0;  // value already changed
+    return errno;
+}
+
+int fvd_futex_wake(uint32_t *addr, int count, int shared) {
+    int op = shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE;
+    long rc = syscall(SYS_futex, addr, op, count, NULL, NULL, 0);
+    return rc < 0 ? -errno : (int)rc;
+}
+
+void fvd_copy(void *dst, const void *src, size_t n, int streaming) {
+#if defined(__x86_64__)
+    if (streaming && n >= 256) {
+        unsigned char *d = (unsigned char *)dst;
+        const unsigned char *s = (const unsigned char *)src;
+        size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+        memcpy(d, s, head);
+        d += head; s += head; n -= head;
+        size_t blocks = n / 64;
+        for (size_t i = 0; i < blocks; i++) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(s + 0));
+            __m128i b = _mm_loadu_si128((const __m128i *)(s + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(s + 32));
+            __m128i e = _mm_loadu_si128((const __m128i *)(s + 48));
+            _mm_stream_si128((__m128i *)(d + 0), a);
+            _mm_stream_si128((__m128i *)(d + 16), b);
+            _mm_stream_si128((__m128i *)(d + 32), c);
+            _mm_stream_si128((__m128i *)(d + 48), e);
+            d += 64; s += 64;
+        }
+        memcpy(d, s, n - blocks * 64);
+        return;
+    }
+#endif
+    (void)streaming;
+    memcpy(dst, src, n);
+}
+
+void fvd_store_fence(void) {
+#if defined(__x86_64__)
+    _mm_sfence();
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}

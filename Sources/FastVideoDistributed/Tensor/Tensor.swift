@@ -1,0 +1,189 @@
+import CFVDShims
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The bytes behind a ``Tensor``: one 64-byte-aligned heap allocation.
+///
+/// Invariant: `pointer` is valid for `byteCount` bytes (at least one byte is
+/// allocated) for the life of the object; it is only written through a tensor
+/// that holds the sole reference (copy-on-write), so sharing it between threads
+/// for reading is safe.
+final class TensorStorage: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    let byteCount: Int
+
+    /// Allocates uninitialised storage.
+    init(uninitializedByteCount byteCount: Int) {
+        self.byteCount = byteCount
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+    }
+
+    /// Allocates zero-filled storage.
+    convenience init(zeroedByteCount byteCount: Int) {
+        self.init(uninitializedByteCount: byteCount)
+        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
+    }
+
+    func copy() -> TensorStorage {
+        let new = TensorStorage(uninitializedByteCount: byteCount)
+        fvd_copy(new.pointer, pointer, byteCount, 0)
+        return new
+    }
+
+    deinit { pointer.deallocate() }
+}
+
+/// An n-dimensional array: shape, dtype and contiguous row-major (C order) storage.
+///
+/// `Tensor` is a value type with copy-on-write storage: copies are cheap until one
+/// of them is written. Equality (`==`) is *bitwise*: same shape, same dtype, same
+/// bytes (so a NaN equals the same NaN, and `-0.0` differs from `0.0`), which is the
+/// comparison the library's determinism promises are stated in.
+public struct Tensor: Sendable, Equatable, CustomStringConvertible {
+    /// The size of each dimension, outermost first. `[]` is a scalar (one element).
+    public let shape: [Int]
+    /// The element type.
+    public let dtype: DType
+    var storage: TensorStorage
+
+    /// A zero-filled tensor.
+    ///
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for a negative dimension or a size
+    ///   that overflows.
+    public init(zeros shape: [Int], dtype: DType) throws {
+        let count = try Tensor.elementCount(of: shape)
+        self.shape = shape
+        self.dtype = dtype
+        storage = TensorStorage(zeroedByteCount: count * dtype.byteSize)
+    }
+
+    /// A tensor holding `scalars` in row-major order.
+    ///
+    /// - Throws: ``FVDError/invalidArgument(_:)`` if `scalars.count` is not the
+    ///   product of `shape`.
+    public init<T: TensorScalar>(shape: [Int], scalars: [T]) throws {
+        let count = try Tensor.elementCount(of: shape)
+        guard count == scalars.count else {
+            throw FVDError.invalidArgument(
+                "shape \(shape) holds \(count) elements but \(scalars.count) \(T.dtype) values were given")
+        }
+        self.shape = shape
+        dtype = T.dtype
+        storage = TensorStorage(uninitializedByteCount: count * T.dtype.byteSize)
+        scalars.withUnsafeBytes { storage.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    /// A one-dimensional tensor of `scalars`.
+    public init<T: TensorScalar>(_ scalars: [T]) {
+        // A 1-D shape always matches its own count.
+        self = try! Tensor(shape: [scalars.count], scalars: scalars)
+    }
+
+    /// Internal: uninitialised storage for a shape already validated by the caller.
+    init(uninitializedShape shape: [Int], dtype: DType) {
+        self.shape = shape
+        self.dtype = dtype
+        storage = TensorStorage(uninitializedByteCount: shape.reduce(1, *) * dtype.byteSize)
+    }
+
+    init(shape: [Int], dtype: DType, storage: TensorStorage) {
+        self.shape = shape
+        self.dtype = dtype
+        self.storage = storage
+    }
+
+    /// Number of dimensions.
+    public var rank: Int { shape.count }
+    /// Number of elements (1 for a scalar, 0 if any dimension is 0).
+    public var count: Int { shape.reduce(1, *) }
+    /// Size of the data in bytes.
+    public var byteCount: Int { count * dtype.byteSize }
+
+    /// The elements in row-major order.
+    ///
+    /// - Throws: ``FVDError/invalidArgument(_:)`` if `T` is not this tensor's dtype.
+    public func scalars<T: TensorScalar>(as type: T.Type) throws -> [T] {
+        guard T.dtype == dtype else {
+            throw FVDError.invalidArgument("tensor has dtype \(dtype), not \(T.dtype)")
+        }
+        return withUnsafeBytes { raw in Array(raw.bindMemory(to: T.self)) }
+    }
+
+    /// The same data under another shape with the same element count (no copy).
+    ///
+    /// One dimension may be `-1`; it is inferred.
+    public func reshaped(_ newShape: [Int]) throws -> Tensor {
+        var resolved = newShape
+        if let unknown = newShape.firstIndex(of: -1) {
+            var rest = newShape
+            rest.remove(at: unknown)
+            let known = try Tensor.elementCount(of: rest)
+            guard known > 0, count % known == 0 else {
+                throw FVDError.invalidArgument("cannot reshape \(shape) to \(newShape)")
+            }
+            resolved[unknown] = count / known
+        }
+        guard (try? Tensor.elementCount(of: resolved)) == count else {
+            throw FVDError.invalidArgument("cannot reshape \(shape) (\(count) elements) to \(newShape)")
+        }
+        return Tensor(shape: resolved, dtype: dtype, storage: storage)
+    }
+
+    /// Calls `body` with the raw bytes (row-major).
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: storage.pointer, count: byteCount))
+    }
+
+    /// Calls `body` with writable raw bytes, copying the storage first if it is shared.
+    public mutating func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return try body(UnsafeMutableRawBufferPointer(start: storage.pointer, count: byteCount))
+    }
+
+    /// Calls `body` with the elements typed as `T`.
+    ///
+    /// - Throws: ``FVDError/invalidArgument(_:)`` if `T` is not this tensor's dtype.
+    public func withUnsafeBufferPointer<T: TensorScalar, R>(
+        as type: T.Type, _ body: (UnsafeBufferPointer<T>) throws -> R
+    ) throws -> R {
+        guard T.dtype == dtype else { throw FVDError.invalidArgument("tensor has dtype \(dtype), not \(T.dtype)") }
+        return try withUnsafeBytes { try body($0.bindMemory(to: T.self)) }
+    }
+
+    /// Calls `body` with the elements typed as `T`, writable (copy-on-write).
+    ///
+    /// - Throws: ``FVDError/invalidArgument(_:)`` if `T` is not this tensor's dtype.
+    public mutating func withUnsafeMutableBufferPointer<T: TensorScalar, R>(
+        as type: T.Type, _ body: (UnsafeMutableBufferPointer<T>) throws -> R
+    ) throws -> R {
+        guard T.dtype == dtype else { throw FVDError.invalidArgument("tensor has dtype \(dtype), not \(T.dtype)") }
+        return try withUnsafeMutableBytes { try body($0.bindMemory(to: T.self)) }
+    }
+
+    public static func == (lhs: Tensor, rhs: Tensor) -> Bool {
+        guard lhs.shape == rhs.shape, lhs.dtype == rhs.dtype else { return false }
+        if lhs.storage === rhs.storage { return true }
+        return lhs.withUnsafeBytes { a in rhs.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 } }
+    }
+
+    public var description: String { "Tensor(\(dtype), shape: \(shape))" }
+
+    /// The product of `shape`, checked for negative sizes and overflow.
+    static func elementCount(of shape: [Int]) throws -> Int {
+        var count = 1
+        for d in shape {
+            guard d >= 0 else { throw FVDError.invalidArgument("shape \(shape) has a negative dimension") }
+            let (product, overflow) = count.multipliedReportingOverflow(by: d)
+            guard !overflow, product <= Int(Int32.max) * 1024 else {
+                throw FVDError.invalidArgument("shape \(shape) is too large")
+            }
+            count = product
+        }
+        return count
+    }
+}

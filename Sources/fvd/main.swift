@@ -1,0 +1,3 @@
+import FVDCommandLine
+
+FVDCommand.main()
