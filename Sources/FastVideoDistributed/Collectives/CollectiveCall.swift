@@ -1,0 +1,82 @@
+import CFVDShims
+
+/// Outputs at least this large are written with streaming (non-temporal) stores, so a
+/// copy far larger than the cache does not evict it block by block.
+let streamingThresholdBytes = 8 << 20
+
+/// Executes `plan` from `source` into `destination`.
+func execute(_ plan: StridedCopy, from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, streaming: Bool) {
+    let flag: Int32 = streaming ? 1 : 0
+    plan.forEachRun { s, d, bytes in fvd_copy(destination + d, source + s, bytes, flag) }
+}
+
+/// Copies, for every member in turn (starting with this rank, then its successors,
+/// so ranks read different peers at the same time), `plan(member)` from that
+/// member's input into `destination`.
+func pullFromEveryMember(
+    _ channel: any PeerMemoryChannel, into destination: UnsafeMutableRawPointer, totalBytes: Int,
+    plan: (Int) -> StridedCopy
+) {
+    let n = channel.members.count
+    let streaming = totalBytes >= streamingThresholdBytes
+    for k in 0..<n {
+        let j = (channel.index + k) % n
+        guard let input = channel.buffers(of: j).input else { continue }
+        execute(plan(j), from: input, to: destination, streaming: streaming)
+    }
+    if streaming { fvd_store_fence() }
+}
+
+/// Runs one collective call: publish the header and buffers, rendezvous, check that
+/// every rank called the same thing, run `body` (which may read the peers' buffers),
+/// and rendezvous again so no rank leaves while a peer still reads its memory.
+///
+/// Argument checks belong in `body`: it runs after the headers agree, so a bad
+/// argument throws the same error on every rank, and the group stays usable.
+func performCollective<R>(
+    on channel: any PeerMemoryChannel, header: CallHeader, buffers: PeerBuffers, body: () throws -> R
+) throws -> R {
+    try channel.checkHealthy()
+    channel.publish(header, buffers)
+    channel.post(.arrived, call: header.call)
+    try channel.wait(.arrived, call: header.call, op: header.op)
+    let outcome: Result<R, any Error>
+    do {
+        try checkAgreement(channel)
+        outcome = .success(try body())
+    } catch let error as FVDError where error.breaksGroup {
+        throw error
+    } catch {
+        outcome = .failure(error)
+    }
+    channel.post(.done, call: header.call)
+    try channel.wait(.done, call: header.call, op: header.op)
+    return try outcome.get()
+}
+
+/// Throws the same error on every rank when the published headers differ.
+private func checkAgreement(_ channel: any PeerMemoryChannel) throws {
+    let headers = (0..<channel.members.count).map(channel.header(of:))
+    let ranks = channel.members
+    let mine = headers[channel.index]
+    if headers.contains(where: { $0.call != mine.call }) {
+        // The ranks are out of step (one skipped a collective): the group cannot recover.
+        let error = FVDError.operationMismatch(
+            group: channel.label, ranks: ranks, operations: headers.map { "\($0.op) (call #\($0.call))" })
+        channel.abort(error)
+        throw error
+    }
+    if headers.contains(where: { $0.kind != mine.kind }) {
+        throw FVDError.operationMismatch(group: channel.label, ranks: ranks, operations: headers.map(\.op))
+    }
+    if headers.contains(where: { $0.dtype != mine.dtype }) {
+        throw FVDError.dtypeMismatch(op: mine.op, group: channel.label, ranks: ranks, dtypes: headers.map(\.dtype))
+    }
+    if headers.contains(where: { $0.shape != mine.shape }) {
+        throw FVDError.shapeMismatch(op: mine.op, group: channel.label, ranks: ranks, shapes: headers.map(\.shape))
+    }
+    if headers.contains(where: { $0.arguments != mine.arguments }) {
+        throw FVDError.argumentMismatch(
+            op: mine.op, group: channel.label, ranks: ranks, arguments: headers.map(\.argumentText))
+    }
+}

@@ -1,0 +1,261 @@
+/// The collectives, written once against ``PeerMemoryChannel``: each output byte is
+/// copied once, straight from the peer's input into its final place.
+extension GroupCoordinator {
+    /// Elementwise reduction over the group; every rank gets the same bits.
+    ///
+    /// - Parameters:
+    ///   - input: any shape; all ranks pass the same shape and dtype.
+    ///   - op: `sum` (default), `product`, `max`, `min` or `average`; see ``ReduceOp``
+    ///     for the deterministic order and the 16-bit accumulation.
+    /// - Returns: a tensor of the input's shape and dtype. A size-1 group returns `input`.
+    /// - Throws: ``FVDError/shapeMismatch(op:group:ranks:shapes:)`` and the other
+    ///   mismatch errors on every rank; ``FVDError/unsupportedDType(op:dtype:reason:)``
+    ///   for `average` of integers.
+    /// - Complexity: reads the input once and writes it once per rank (reduce-scatter in
+    ///   rank order, then all-gather of the reduced chunks).
+    public func allReduce(_ input: Tensor, op: ReduceOp = .sum) throws -> Tensor {
+        let name = "all_reduce"
+        if size == 1 {
+            try validateReduction(op, dtype: input.dtype, opName: name)
+            return input
+        }
+        let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
+        let es = input.dtype.byteSize
+        try collective(name, input, arguments: [op.code], text: "op=\(op)", output: output.storage.pointer) { call in
+            try validateReduction(op, dtype: input.dtype, opName: name)
+            let ranges = Layout.balancedRanges(count: input.count, parts: size)
+            let mine = ranges[rankInGroup]
+            if !mine.isEmpty {
+                let sources = (0..<size).map { channel.buffers(of: $0).input! + mine.lowerBound * es }
+                reduceElements(
+                    op, dtype: input.dtype, into: output.storage.pointer + mine.lowerBound * es,
+                    from: sources, count: mine.count, groupSize: size)
+            }
+            channel.post(.reduced, call: call)
+            try channel.wait(.reduced, call: call, op: name)
+            for k in 1..<size {
+                let j = (rankInGroup + k) % size
+                let chunk = ranges[j]
+                let plan = StridedCopy.contiguous(
+                    srcOffset: chunk.lowerBound * es, dstOffset: chunk.lowerBound * es, bytes: chunk.count * es)
+                execute(plan, from: channel.buffers(of: j).output!, to: output.storage.pointer, streaming: false)
+            }
+        }
+        return output
+    }
+
+    /// Concatenates every rank's tensor along `dim`, in group-rank order.
+    ///
+    /// - Parameters:
+    ///   - input: all ranks pass the same shape and dtype.
+    ///   - dim: the dimension to concatenate; negative counts from the end (default -1).
+    /// - Returns: the input's shape with `shape[dim]` multiplied by the group size.
+    /// - Throws: ``FVDError/invalidDimension(op:dim:ndim:)`` and the mismatch errors, on every rank.
+    public func allGather(_ input: Tensor, dim: Int = -1) throws -> Tensor {
+        try allGather(input, dim: dim, op: "all_gather")
+    }
+
+    func allGather(_ input: Tensor, dim: Int, op: String) throws -> Tensor {
+        if size == 1 {
+            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: op)
+            return input
+        }
+        return try collective(op, kind: "all_gather", input, arguments: [dimKey(dim, input.rank)], text: "dim=\(dim)") { _ in
+            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: op)
+            return concatenateMembers(input, dim: d)
+        }
+    }
+
+    /// The concatenation of every member's input along `d`, pulled by this rank.
+    private func concatenateMembers(_ input: Tensor, dim d: Int, keep lengthLimit: Int? = nil) -> Tensor {
+        let es = input.dtype.byteSize
+        let (outer, partSize, inner) = Layout.split(input.shape, at: d)
+        let total = lengthLimit ?? partSize * size
+        var shape = input.shape
+        shape[d] = total
+        let output = Tensor(uninitializedShape: shape, dtype: input.dtype)
+        pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j in
+            let start = j * partSize
+            return Layout.slab(
+                outer: outer, innerBytes: inner * es, srcSize: partSize, srcStart: 0,
+                dstSize: total, dstStart: start, length: max(0, min(partSize, total - start)))
+        }
+        return output
+    }
+
+    /// Reduces over the group and leaves rank `r` with slice `r` of the result along `dim`.
+    ///
+    /// - Returns: the input's shape with `shape[dim]` divided by the group size.
+    /// - Throws: ``FVDError/indivisible(op:dim:size:parts:)`` if `shape[dim]` does not
+    ///   divide by the group size; the mismatch and dtype errors as ``allReduce(_:op:)``.
+    public func reduceScatter(_ input: Tensor, dim: Int = -1, op: ReduceOp = .sum) throws -> Tensor {
+        let name = "reduce_scatter"
+        if size == 1 {
+            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            try validateReduction(op, dtype: input.dtype, opName: name)
+            return input
+        }
+        return try collective(
+            name, input, arguments: [dimKey(dim, input.rank), op.code], text: "dim=\(dim), op=\(op)"
+        ) { _ in
+            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            try validateReduction(op, dtype: input.dtype, opName: name)
+            let (outer, full, inner) = Layout.split(input.shape, at: d)
+            guard full % size == 0 else { throw FVDError.indivisible(op: name, dim: d, size: full, parts: size) }
+            let part = full / size
+            var shape = input.shape
+            shape[d] = part
+            let output = Tensor(uninitializedShape: shape, dtype: input.dtype)
+            let es = input.dtype.byteSize, run = part * inner
+            let inputs = (0..<size).map { channel.buffers(of: $0).input! }
+            for o in 0..<outer {
+                let offset = (o * full + rankInGroup * part) * inner * es
+                reduceElements(
+                    op, dtype: input.dtype, into: output.storage.pointer + o * run * es,
+                    from: inputs.map { $0 + offset }, count: run, groupSize: size)
+            }
+            return output
+        }
+    }
+
+    /// Concatenates every rank's tensor along `dim` on the rank `root` only.
+    ///
+    /// - Parameter root: the receiving group rank (FastVideo's `dst`), default 0.
+    /// - Returns: the concatenation on `root`, `nil` on the other ranks.
+    public func gather(_ input: Tensor, to root: Int = 0, dim: Int = -1) throws -> Tensor? {
+        let name = "gather"
+        if size == 1 {
+            try checkRoot(root, op: name)
+            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            return input
+        }
+        return try collective(name, input, arguments: [dimKey(dim, input.rank), root], text: "dim=\(dim), root=\(root)") { _ in
+            try checkRoot(root, op: name)
+            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            return rankInGroup == root ? concatenateMembers(input, dim: d) : nil
+        }
+    }
+
+    /// Returns the tensor of group rank `root` on every rank.
+    ///
+    /// All ranks pass a tensor of the same shape and dtype (as in torch); non-root
+    /// inputs are not read. The input is never modified: a new tensor is returned.
+    public func broadcast(_ input: Tensor, from root: Int = 0) throws -> Tensor {
+        let name = "broadcast"
+        if size == 1 {
+            try checkRoot(root, op: name)
+            return input
+        }
+        return try collective(name, input, arguments: [root], text: "root=\(root)") { _ in
+            try checkRoot(root, op: name)
+            if rankInGroup == root { return input }
+            let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
+            let plan = StridedCopy.contiguous(srcOffset: 0, dstOffset: 0, bytes: input.byteCount)
+            execute(
+                plan, from: channel.buffers(of: root).input!, to: output.storage.pointer,
+                streaming: input.byteCount >= streamingThresholdBytes)
+            return output
+        }
+    }
+
+    /// Blocks until every member has called `barrier()`.
+    public func barrier() throws {
+        if size == 1 { return }
+        try collective("barrier", Tensor.empty) { _ in }
+    }
+
+    /// The Ulysses all-to-all of a `[B, S, H, D]` tensor (see ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:)``).
+    public func allToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1) throws -> Tensor {
+        let name = "all_to_all_4D"
+        if size == 1 {
+            _ = try allToAllPlan(input, scatterDim: scatterDim, gatherDim: gatherDim, op: name)
+            return input
+        }
+        return try collective(
+            name, input, arguments: [scatterDim, gatherDim], text: "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)"
+        ) { _ in
+            let plan = try allToAllPlan(input, scatterDim: scatterDim, gatherDim: gatherDim, op: name)
+            let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)
+            pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j in
+                plan.copy(from: j, to: rankInGroup)
+            }
+            return output
+        }
+    }
+
+    /// Checks the all-to-all's arguments and returns its balanced plan.
+    private func allToAllPlan(_ input: Tensor, scatterDim: Int, gatherDim: Int, op: String) throws -> Layout.AllToAll4D {
+        guard input.rank == 4 else { throw FVDError.wrongRank(op: op, expected: 4, shape: input.shape) }
+        let s = try Layout.normalize(dim: scatterDim, ndim: 4, op: op)
+        let g = try Layout.normalize(dim: gatherDim, ndim: 4, op: op)
+        guard (s, g) == (2, 1) || (s, g) == (1, 2) else {
+            throw FVDError.unsupportedDimPair(op: op, scatterDim: scatterDim, gatherDim: gatherDim)
+        }
+        let shape = input.shape
+        guard shape[s] % size == 0 else { throw FVDError.indivisible(op: op, dim: s, size: shape[s], parts: size) }
+        let scatterHeads = s == 2
+        return Layout.AllToAll4D(
+            scatterHeads: scatterHeads, batch: shape[0],
+            seq: Array(repeating: scatterHeads ? shape[1] : shape[1] / size, count: size),
+            heads: Array(repeating: scatterHeads ? shape[2] / size : shape[2], count: size),
+            headDim: shape[3], elementSize: input.dtype.byteSize)
+    }
+
+    /// All-gather along `dim`, then keep the first `originalLength` entries along it
+    /// (undoes ``sequenceModelParallelShard(_:dim:)``'s padding with one copy per byte).
+    func allGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor {
+        let name = "all_gather_with_unpad"
+        let check = { () throws -> Int in
+            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            let capacity = input.shape[d] * self.size
+            guard originalLength >= 0, originalLength <= capacity else {
+                throw FVDError.invalidArgument(
+                    "\(name): original length \(originalLength) is outside 0...\(capacity) "
+                        + "(\(self.size) ranks × \(input.shape[d]) along dim \(dim))")
+            }
+            return d
+        }
+        if size == 1 {
+            let d = try check()
+            return try Tensor.slice(input, dim: d, range: 0..<originalLength)
+        }
+        return try collective(
+            name, input, arguments: [dimKey(dim, input.rank), originalLength],
+            text: "dim=\(dim), original_length=\(originalLength)"
+        ) { _ in
+            concatenateMembers(input, dim: try check(), keep: originalLength)
+        }
+    }
+
+    private func checkRoot(_ root: Int, op: String) throws {
+        guard (0..<size).contains(root) else {
+            throw FVDError.invalidArgument("\(op): root \(root) is not a rank of group \(description) (0..<\(size))")
+        }
+    }
+}
+
+/// Compares dims by their resolved value when valid, so `-1` and `ndim-1` agree.
+private func dimKey(_ dim: Int, _ ndim: Int) -> Int {
+    (dim < 0 && dim >= -ndim) ? dim + ndim : dim
+}
+
+extension Tensor {
+    /// A zero-element placeholder for collectives that carry no data.
+    static let empty = Tensor(uninitializedShape: [0], dtype: .uint8)
+
+    /// The entries `range` of `input` along `dim` (a copy).
+    static func slice(_ input: Tensor, dim d: Int, range: Range<Int>) throws -> Tensor {
+        let (outer, size, inner) = Layout.split(input.shape, at: d)
+        guard range.lowerBound >= 0, range.upperBound <= size else {
+            throw FVDError.invalidArgument("slice \(range) is outside 0..<\(size) along dim \(d)")
+        }
+        var shape = input.shape
+        shape[d] = range.count
+        let output = Tensor(uninitializedShape: shape, dtype: input.dtype)
+        let plan = Layout.slab(
+            outer: outer, innerBytes: inner * input.dtype.byteSize, srcSize: size, srcStart: range.lowerBound,
+            dstSize: range.count, dstStart: 0, length: range.count)
+        input.withUnsafeBytes { execute(plan, from: $0.baseAddress!, to: output.storage.pointer, streaming: false) }
+        return output
+    }
+}

@@ -1,0 +1,128 @@
+/// The elementwise reduction of an all-reduce or reduce-scatter.
+///
+/// Every element is reduced in group-rank order, `((x0 ⊕ x1) ⊕ x2) ⊕ ...`, so the
+/// result is the same bits on every rank, for every transport and chunking.
+/// float16 and bfloat16 are accumulated in float32 and rounded once; float32 in
+/// float32; float64 in float64. Integers wrap on overflow (as in torch). For `bool`,
+/// `sum`/`max` are logical or and `product`/`min` logical and. `max`/`min`
+/// propagate NaN and keep the lower rank's value on ties (so `max(+0, -0)` is `+0`). `average` is the sum divided by the group size in the
+/// accumulation type, and needs a floating-point dtype.
+public enum ReduceOp: String, Sendable, CaseIterable, Codable, CustomStringConvertible {
+    case sum, product, max, min, average
+
+    public var description: String { rawValue }
+
+    var code: Int { ReduceOp.allCases.firstIndex(of: self)! }
+}
+
+/// Reduces `count` elements from each of `sources` (in order) into `destination`.
+///
+/// `destination` may alias none of the sources. `groupSize` is the divisor of `average`.
+func reduceElements(
+    _ op: ReduceOp, dtype: DType, into destination: UnsafeMutableRawPointer,
+    from sources: [UnsafeRawPointer], count: Int, groupSize: Int
+) {
+    precondition(!sources.isEmpty)
+    switch dtype {
+    case .float32:
+        reduceFloating(op, Float.self, destination, sources, count, groupSize, load: { $0 }, store: { $0 })
+    case .float64:
+        reduceFloating(op, Double.self, destination, sources, count, groupSize, load: { $0 }, store: { $0 })
+    case .float16:
+        reduceFloating(op, Float16.self, destination, sources, count, groupSize, load: { Float($0) }, store: { Float16($0) })
+    case .bfloat16:
+        reduceFloating(op, BFloat16.self, destination, sources, count, groupSize, load: { $0.floatValue }, store: { BFloat16($0) })
+    case .int8: reduceInteger(op, Int8.self, destination, sources, count)
+    case .int16: reduceInteger(op, Int16.self, destination, sources, count)
+    case .int32: reduceInteger(op, Int32.self, destination, sources, count)
+    case .int64: reduceInteger(op, Int64.self, destination, sources, count)
+    case .uint8: reduceInteger(op, UInt8.self, destination, sources, count)
+    case .bool:
+        let any = op == .sum || op == .max
+        reduceTiled(Bool.self, Bool.self, destination, sources, count, load: { $0 }, store: { $0 }) {
+            any ? ($0 || $1) : ($0 && $1)
+        }
+    }
+}
+
+/// Checks that `op` can reduce `dtype`.
+func validateReduction(_ op: ReduceOp, dtype: DType, opName: String) throws {
+    if op == .average, !dtype.isFloatingPoint {
+        throw FVDError.unsupportedDType(op: opName, dtype: dtype, reason: "average needs a floating-point dtype")
+    }
+}
+
+private let tileElements = 1024
+
+/// Reduces through a small accumulator tile that stays in L1, reading each source once.
+@inline(__always)
+private func reduceTiled<T, A>(
+    _: T.Type, _: A.Type,
+    _ destination: UnsafeMutableRawPointer, _ sources: [UnsafeRawPointer], _ count: Int,
+    load: (T) -> A, store: (A) -> T, finish: ((A) -> A)? = nil, combine: (A, A) -> A
+) {
+    let dst = destination.assumingMemoryBound(to: T.self)
+    let srcs = sources.map { $0.assumingMemoryBound(to: T.self) }
+    withUnsafeTemporaryAllocation(of: A.self, capacity: tileElements) { acc in
+        let accBase = acc.baseAddress!
+        var start = 0
+        while start < count {
+            let n = Swift.min(tileElements, count - start)
+            let first = srcs[0] + start
+            for i in 0..<n { (accBase + i).initialize(to: load(first[i])) }
+            for j in 1..<srcs.count {
+                let s = srcs[j] + start
+                for i in 0..<n { accBase[i] = combine(accBase[i], load(s[i])) }
+            }
+            let d = dst + start
+            if let finish {
+                for i in 0..<n { d[i] = store(finish(accBase[i])) }
+            } else {
+                for i in 0..<n { d[i] = store(accBase[i]) }
+            }
+            start += n
+        }
+    }
+}
+
+@inline(__always)
+private func reduceFloating<T, A: BinaryFloatingPoint>(
+    _ op: ReduceOp, _ type: T.Type,
+    _ destination: UnsafeMutableRawPointer, _ sources: [UnsafeRawPointer], _ count: Int, _ groupSize: Int,
+    load: (T) -> A, store: (A) -> T
+) {
+    switch op {
+    case .sum:
+        reduceTiled(T.self, A.self, destination, sources, count, load: load, store: store, combine: +)
+    case .average:
+        let divisor = A(groupSize)
+        reduceTiled(T.self, A.self, destination, sources, count, load: load, store: store, finish: { $0 / divisor }, combine: +)
+    case .product:
+        reduceTiled(T.self, A.self, destination, sources, count, load: load, store: store, combine: *)
+    case .max:
+        reduceTiled(T.self, A.self, destination, sources, count, load: load, store: store) { a, b in
+            a.isNaN ? a : ((b.isNaN || b > a) ? b : a)
+        }
+    case .min:
+        reduceTiled(T.self, A.self, destination, sources, count, load: load, store: store) { a, b in
+            a.isNaN ? a : ((b.isNaN || b < a) ? b : a)
+        }
+    }
+}
+
+@inline(__always)
+private func reduceInteger<T: FixedWidthInteger>(
+    _ op: ReduceOp, _ type: T.Type,
+    _ destination: UnsafeMutableRawPointer, _ sources: [UnsafeRawPointer], _ count: Int
+) {
+    switch op {
+    case .sum, .average:  // average is rejected before any data moves
+        reduceTiled(T.self, T.self, destination, sources, count, load: { $0 }, store: { $0 }, combine: &+)
+    case .product:
+        reduceTiled(T.self, T.self, destination, sources, count, load: { $0 }, store: { $0 }, combine: &*)
+    case .max:
+        reduceTiled(T.self, T.self, destination, sources, count, load: { $0 }, store: { $0 }, combine: Swift.max)
+    case .min:
+        reduceTiled(T.self, T.self, destination, sources, count, load: { $0 }, store: { $0 }, combine: Swift.min)
+    }
+}

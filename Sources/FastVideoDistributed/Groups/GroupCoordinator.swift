@@ -1,0 +1,99 @@
+import Synchronization
+
+/// One process group as seen from one rank: FastVideo's `GroupCoordinator`.
+///
+/// It knows the group's members and this rank's place among them, and runs the
+/// collectives (``allReduce(_:op:)``, ``allGather(_:dim:)``, ``reduceScatter(_:dim:op:)``,
+/// ``gather(_:to:dim:)``, ``broadcast(_:from:)``, ``barrier()``,
+/// ``allToAll4D(_:scatterDim:gatherDim:)``). Every member must call the same
+/// collectives in the same order; a coordinator is used by its rank's thread only
+/// (using it from two threads at once throws ``FVDError/concurrentUse(group:)``).
+///
+/// Group ranks: `rankInGroup` is the index of this rank in the sorted `ranks`, and
+/// every result is assembled in that order. Arguments named `root` are group ranks,
+/// as in FastVideo (`src`/`dst` there).
+public final class GroupCoordinator: Sendable, CustomStringConvertible {
+    /// The group's name, e.g. `world`, `tp0`, `sp1`, `dp0`.
+    public let name: String
+    /// World ranks of the members, ascending.
+    public let ranks: [Int]
+    /// This rank's world rank.
+    public let rank: Int
+    /// This rank's index in ``ranks``.
+    public let rankInGroup: Int
+
+    let factory: any ChannelFactory
+    let channel: any PeerMemoryChannel
+    private let callCount = Atomic<Int>(0)
+    private let busy = Atomic<Bool>(false)
+
+    init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) {
+        self.name = name
+        self.ranks = ranks
+        self.rank = rank
+        rankInGroup = ranks.firstIndex(of: rank)!
+        self.factory = factory
+        channel = factory.makeChannel(name: name, members: ranks, rank: rank)
+    }
+
+    /// Number of ranks in the group (FastVideo's `world_size` of a group).
+    public var size: Int { ranks.count }
+    /// The first member's world rank.
+    public var firstRank: Int { ranks[0] }
+    /// The last member's world rank.
+    public var lastRank: Int { ranks[ranks.count - 1] }
+    /// Whether this rank is the group's first member.
+    public var isFirstRank: Bool { rank == firstRank }
+    /// Whether this rank is the group's last member.
+    public var isLastRank: Bool { rank == lastRank }
+    /// World rank of the next member, wrapping around (a ring).
+    public var nextRank: Int { ranks[(rankInGroup + 1) % size] }
+    /// World rank of the previous member, wrapping around (a ring).
+    public var previousRank: Int { ranks[(rankInGroup - 1 + size) % size] }
+
+    /// `name [r0, r1, ...]`, the label used in errors.
+    public var description: String { "\(name) \(ranks)" }
+
+    /// Creates the coordinator of a subgroup that contains this rank.
+    ///
+    /// Every member must create the group with the same name and ranks (like
+    /// `torch.distributed.new_group`); ranks that are not members don't call it.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` if `ranks` is empty, has duplicates,
+    ///   leaves this group, or does not contain this rank.
+    public func subgroup(name: String, ranks: [Int]) throws -> GroupCoordinator {
+        let sorted = ranks.sorted()
+        guard !sorted.isEmpty, Set(sorted).count == sorted.count else {
+            throw FVDError.invalidArgument("group \(name): ranks \(ranks) must be non-empty and distinct")
+        }
+        guard sorted.allSatisfy(self.ranks.contains) else {
+            throw FVDError.invalidArgument("group \(name): ranks \(ranks) are not all members of \(description)")
+        }
+        guard sorted.contains(rank) else {
+            throw FVDError.invalidArgument("group \(name): rank \(rank) is not a member of \(ranks)")
+        }
+        return GroupCoordinator(name: name, ranks: sorted, rank: rank, factory: factory)
+    }
+
+    /// Runs one collective on this group's channel with the next call number.
+    ///
+    /// `body` gets the call number and runs after every member has published a header equal to this one, so
+    /// argument checks inside it throw on every rank alike.
+    func collective<R>(
+        _ op: String, kind: String? = nil, _ input: Tensor, arguments: [Int] = [], text: String = "",
+        output: UnsafeMutableRawPointer? = nil, _ body: (_ call: Int) throws -> R
+    ) throws -> R {
+        guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+            let error = FVDError.concurrentUse(group: description)
+            channel.abort(error)
+            throw error
+        }
+        defer { busy.store(false, ordering: .releasing) }
+        let call = callCount.add(1, ordering: .relaxed).oldValue
+        let header = CallHeader(
+            op: op, kind: kind ?? op, dtype: input.dtype, shape: input.shape, arguments: arguments, argumentText: text, call: call)
+        return try input.withUnsafeBytes { raw in
+            try performCollective(
+                on: channel, header: header, buffers: PeerBuffers(input: raw.baseAddress, output: output)) { try body(call) }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+/// The tensor-, sequence- and data-parallel groups of one rank, laid out as FastVideo does.
+///
+/// With world size `W`, tensor-parallel size `tp` and sequence-parallel size `sp`:
+/// - tensor-parallel groups are consecutive blocks of `tp` ranks: `[0..<tp], [tp..<2tp], ...`;
+/// - sequence-parallel groups are consecutive blocks of `sp` ranks;
+/// - data-parallel groups are the ranks with the same index inside their SP block:
+///   `{i, i+sp, i+2sp, ...}` for `i in 0..<sp` (`sp` groups of `W/sp` ranks).
+///
+/// Unlike FastVideo, the sizes are validated. Tensor and sequence parallelism share
+/// ranks (FastVideo runs TP in the text encoder and SP in the DiT on the same GPUs).
+///
+/// The module-level functions (``tensorModelParallelAllReduce(_:op:)`` and the others)
+/// find the state the way FastVideo's find their global groups: through
+/// ``ParallelState/current``, a task-local (thread-local outside tasks) value bound with
+/// ``withCurrent(_:)``. Calling the coordinators directly needs no binding.
+public struct ParallelState: Sendable, CustomStringConvertible {
+    /// The whole world.
+    public let world: GroupCoordinator
+    /// This rank's tensor-parallel group.
+    public let tensorParallel: GroupCoordinator
+    /// This rank's sequence-parallel group.
+    public let sequenceParallel: GroupCoordinator
+    /// This rank's data-parallel group.
+    public let dataParallel: GroupCoordinator
+
+    /// Builds this rank's groups. Every rank of `world` must call it with the same sizes.
+    ///
+    /// - Throws: ``FVDError/invalidLayout(worldSize:tensorParallel:sequenceParallel:)``
+    ///   unless `tp >= 1`, `sp >= 1` and both divide the world size.
+    public init(world: GroupCoordinator, tensorParallel tp: Int = 1, sequenceParallel sp: Int = 1) throws {
+        let layout = try GroupLayout(worldSize: world.size, tensorParallel: tp, sequenceParallel: sp)
+        self.world = world
+        let me = world.rank
+        func make(_ prefix: String, _ groups: [[Int]]) throws -> GroupCoordinator {
+            let i = groups.firstIndex { $0.contains(me) }!
+            return try world.subgroup(name: "\(prefix)\(i)", ranks: groups[i])
+        }
+        tensorParallel = try make("tp", layout.tensorParallelGroups)
+        sequenceParallel = try make("sp", layout.sequenceParallelGroups)
+        dataParallel = try make("dp", layout.dataParallelGroups)
+    }
+
+    /// The layout of the whole world (every group, not only this rank's).
+    public var layout: GroupLayout {
+        // The sizes were validated in init.
+        try! GroupLayout(worldSize: world.size, tensorParallel: tensorParallel.size, sequenceParallel: sequenceParallel.size)
+    }
+
+    /// The rank map, one line per group; the groups of this rank are marked `*`.
+    public func describe() -> String {
+        layout.describe(marking: world.rank)
+    }
+
+    public var description: String { describe() }
+
+    /// The state bound by ``withCurrent(_:)`` on this task or thread.
+    @TaskLocal public static var current: ParallelState?
+
+    /// Binds this state as ``current`` while `body` runs, for the module-level functions.
+    public func withCurrent<R>(_ body: () throws -> R) rethrows -> R {
+        try ParallelState.$current.withValue(self, operation: body)
+    }
+
+    static func require() throws -> ParallelState {
+        guard let state = current else { throw FVDError.noParallelState }
+        return state
+    }
+}
+
+/// The group lists of a FastVideo layout: pure, no communication.
+public struct GroupLayout: Sendable, Equatable {
+    public let worldSize: Int
+    public let tensorParallelSize: Int
+    public let sequenceParallelSize: Int
+
+    /// - Throws: ``FVDError/invalidLayout(worldSize:tensorParallel:sequenceParallel:)``
+    ///   unless `worldSize >= 1`, `tp >= 1`, `sp >= 1` and both divide `worldSize`.
+    public init(worldSize: Int, tensorParallel tp: Int, sequenceParallel sp: Int) throws {
+        guard worldSize >= 1, tp >= 1, sp >= 1, worldSize % tp == 0, worldSize % sp == 0 else {
+            throw FVDError.invalidLayout(worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp)
+        }
+        self.worldSize = worldSize
+        tensorParallelSize = tp
+        sequenceParallelSize = sp
+    }
+
+    /// Number of data-parallel replicas, `W / sp` (the size of each DP group).
+    public var dataParallelSize: Int { worldSize / sequenceParallelSize }
+
+    /// `[0..<tp], [tp..<2tp], ...`
+    public var tensorParallelGroups: [[Int]] { blocks(of: tensorParallelSize) }
+    /// `[0..<sp], [sp..<2sp], ...`
+    public var sequenceParallelGroups: [[Int]] { blocks(of: sequenceParallelSize) }
+    /// `{i, i+sp, ...}` for `i in 0..<sp`.
+    public var dataParallelGroups: [[Int]] {
+        (0..<sequenceParallelSize).map { i in Array(stride(from: i, to: worldSize, by: sequenceParallelSize)) }
+    }
+
+    private func blocks(of size: Int) -> [[Int]] {
+        (0..<(worldSize / size)).map { Array(($0 * size)..<(($0 + 1) * size)) }
+    }
+
+    /// The rank map, one line per group, optionally marking the groups of one rank with `*`.
+    public func describe(marking rank: Int? = nil) -> String {
+        var lines = [
+            "world size \(worldSize): tensor parallel \(tensorParallelSize), "
+                + "sequence parallel \(sequenceParallelSize), data parallel \(dataParallelSize)"
+        ]
+        for (prefix, groups) in [
+            ("tp", tensorParallelGroups), ("sp", sequenceParallelGroups), ("dp", dataParallelGroups),
+        ] {
+            for (i, g) in groups.enumerated() {
+                let mark = rank.map { g.contains($0) ? " *" : "" } ?? ""
+                lines.append("\(prefix)\(i): ranks \(g)\(mark)")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}

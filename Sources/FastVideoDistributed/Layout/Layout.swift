@@ -1,0 +1,129 @@
+/// Pure index math shared by every collective and every transport.
+///
+/// Nothing here touches memory, threads or files: each function turns shapes and
+/// ranks into ``StridedCopy`` plans or element ranges. Offsets and strides are in
+/// bytes so that one plan serves every dtype.
+public enum Layout {
+    /// Resolves a possibly negative dimension index (`-ndim <= dim < ndim`).
+    public static func normalize(dim: Int, ndim: Int, op: String) throws -> Int {
+        guard dim >= -ndim, dim < ndim, ndim > 0 else {
+            throw FVDError.invalidDimension(op: op, dim: dim, ndim: ndim)
+        }
+        return dim < 0 ? dim + ndim : dim
+    }
+
+    /// Views `shape` as `[outer, shape[dim], inner]` and returns those three sizes.
+    public static func split(_ shape: [Int], at dim: Int) -> (outer: Int, size: Int, inner: Int) {
+        (shape[..<dim].reduce(1, *), shape[dim], shape[(dim + 1)...].reduce(1, *))
+    }
+
+    /// Copies `length` slices along the middle axis: source viewed as
+    /// `[outer, srcSize, inner]` from index `srcStart`, into a destination viewed as
+    /// `[outer, dstSize, inner]` at index `dstStart`. `innerBytes` is the byte size of
+    /// one slice (`inner × elementSize`).
+    ///
+    /// This is the all-gather block (a part placed at its offset in the concatenation),
+    /// the reduce-scatter / shard slice (the transpose), and the unpad cut.
+    public static func slab(
+        outer: Int, innerBytes: Int,
+        srcSize: Int, srcStart: Int, dstSize: Int, dstStart: Int, length: Int
+    ) -> StridedCopy {
+        StridedCopy(
+            srcOffset: srcStart * innerBytes, dstOffset: dstStart * innerBytes,
+            outerCount: outer, srcOuterStride: srcSize * innerBytes, dstOuterStride: dstSize * innerBytes,
+            innerCount: 1, srcInnerStride: 0, dstInnerStride: 0,
+            runBytes: length * innerBytes)
+    }
+
+    /// The output shape of a concatenation of `parts` equal tensors along `dim`.
+    public static func concatenatedShape(_ shape: [Int], dim: Int, parts: Int) -> [Int] {
+        var out = shape
+        out[dim] *= parts
+        return out
+    }
+
+    /// Splits `count` items into `parts` contiguous ranges, the first `count % parts`
+    /// one longer (the split used for the internal reduce-scatter of an all-reduce).
+    public static func balancedRanges(count: Int, parts: Int) -> [Range<Int>] {
+        let base = count / parts, extra = count % parts
+        var start = 0
+        return (0..<parts).map { p in
+            let length = base + (p < extra ? 1 : 0)
+            defer { start += length }
+            return start..<(start + length)
+        }
+    }
+
+    /// Offsets of consecutive blocks of the given sizes (`[0, s0, s0+s1, ...]`, one per block).
+    public static func offsets(of sizes: [Int]) -> [Int] {
+        var acc = 0
+        return sizes.map { s in defer { acc += s }; return acc }
+    }
+
+    /// The Ulysses all-to-all over a 4-D `[B, S, H, D]` tensor.
+    ///
+    /// With `(scatter 2, gather 1)` rank `j` holds `[B, seq[j], H, D]` and rank `r`
+    /// receives `[B, Σseq, heads[r], D]`:
+    /// `out[b, seqStart[j] + t, h, d] = in_j[b, t, headStart[r] + h, d]`.
+    /// With `(scatter 1, gather 2)` rank `j` holds `[B, Σseq, heads[j], D]` and rank `r`
+    /// receives `[B, seq[r], ΣH, D]`:
+    /// `out[b, t, headStart[j] + h, d] = in_j[b, seqStart[r] + t, h, d]`.
+    /// Balanced splits are `seq = [S/n] * n`, `heads = [H/n] * n`.
+    public struct AllToAll4D: Sendable, Equatable {
+        /// `true` for `(scatter 2, gather 1)` (heads scattered, sequence gathered).
+        public var scatterHeads: Bool
+        public var batch: Int
+        /// Sequence length held by each rank on the sequence-sharded side.
+        public var seq: [Int]
+        /// Heads held by each rank on the head-sharded side.
+        public var heads: [Int]
+        public var headDim: Int
+        public var elementSize: Int
+
+        public init(scatterHeads: Bool, batch: Int, seq: [Int], heads: [Int], headDim: Int, elementSize: Int) {
+            self.scatterHeads = scatterHeads
+            self.batch = batch
+            self.seq = seq
+            self.heads = heads
+            self.headDim = headDim
+            self.elementSize = elementSize
+        }
+
+        var totalSeq: Int { seq.reduce(0, +) }
+        var totalHeads: Int { heads.reduce(0, +) }
+
+        /// Shape of rank `r`'s input.
+        public func inputShape(rank r: Int) -> [Int] {
+            scatterHeads ? [batch, seq[r], totalHeads, headDim] : [batch, totalSeq, heads[r], headDim]
+        }
+
+        /// Shape of rank `r`'s output.
+        public func outputShape(rank r: Int) -> [Int] {
+            scatterHeads ? [batch, totalSeq, heads[r], headDim] : [batch, seq[r], totalHeads, headDim]
+        }
+
+        /// The block rank `receiver` takes from rank `sender`'s input into its own output.
+        public func copy(from sender: Int, to receiver: Int) -> StridedCopy {
+            let es = elementSize, d = headDim
+            let seqStart = Layout.offsets(of: seq), headStart = Layout.offsets(of: heads)
+            let totalH = totalHeads, totalS = totalSeq
+            if scatterHeads {
+                let sl = seq[sender], hl = heads[receiver]
+                return StridedCopy(
+                    srcOffset: headStart[receiver] * d * es,
+                    dstOffset: seqStart[sender] * hl * d * es,
+                    outerCount: batch, srcOuterStride: sl * totalH * d * es, dstOuterStride: totalS * hl * d * es,
+                    innerCount: sl, srcInnerStride: totalH * d * es, dstInnerStride: hl * d * es,
+                    runBytes: hl * d * es)
+            } else {
+                let sl = seq[receiver], hl = heads[sender]
+                return StridedCopy(
+                    srcOffset: seqStart[receiver] * hl * d * es,
+                    dstOffset: headStart[sender] * d * es,
+                    outerCount: batch, srcOuterStride: totalS * hl * d * es, dstOuterStride: sl * totalH * d * es,
+                    innerCount: sl, srcInnerStride: hl * d * es, dstInnerStride: totalH * d * es,
+                    runBytes: hl * d * es)
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+/// One rectangular block move between two row-major buffers, in bytes.
+///
+/// It copies `outerCount × innerCount` runs of `runBytes` contiguous bytes; run
+/// `(o, i)` starts at `srcOffset + o·srcOuterStride + i·srcInnerStride` in the source
+/// and at `dstOffset + o·dstOuterStride + i·dstInnerStride` in the destination.
+/// Every placement the collectives need — a block of an all-gather, a head slice
+/// of an all-to-all, a chunk of a reduction — is one of these, so the index math
+/// lives here once and every transport executes the same plan.
+public struct StridedCopy: Sendable, Equatable {
+    public var srcOffset: Int
+    public var dstOffset: Int
+    public var outerCount: Int
+    public var srcOuterStride: Int
+    public var dstOuterStride: Int
+    public var innerCount: Int
+    public var srcInnerStride: Int
+    public var dstInnerStride: Int
+    public var runBytes: Int
+
+    /// Builds a plan and merges levels that are contiguous on both sides, so that a
+    /// block that is really one run is executed as one `memcpy`.
+    public init(
+        srcOffset: Int, dstOffset: Int,
+        outerCount: Int, srcOuterStride: Int, dstOuterStride: Int,
+        innerCount: Int, srcInnerStride: Int, dstInnerStride: Int,
+        runBytes: Int
+    ) {
+        self.srcOffset = srcOffset
+        self.dstOffset = dstOffset
+        self.outerCount = outerCount
+        self.srcOuterStride = srcOuterStride
+        self.dstOuterStride = dstOuterStride
+        self.innerCount = innerCount
+        self.srcInnerStride = srcInnerStride
+        self.dstInnerStride = dstInnerStride
+        self.runBytes = runBytes
+        normalize()
+    }
+
+    /// A single contiguous run.
+    public static func contiguous(srcOffset: Int, dstOffset: Int, bytes: Int) -> StridedCopy {
+        StridedCopy(
+            srcOffset: srcOffset, dstOffset: dstOffset,
+            outerCount: 1, srcOuterStride: 0, dstOuterStride: 0,
+            innerCount: 1, srcInnerStride: 0, dstInnerStride: 0, runBytes: bytes)
+    }
+
+    /// Bytes written by the whole plan.
+    public var totalBytes: Int { outerCount * innerCount * runBytes }
+
+    private mutating func normalize() {
+        if innerCount == 0 || outerCount == 0 || runBytes == 0 {
+            outerCount = 0; innerCount = 0; runBytes = 0
+            return
+        }
+        // Inner runs that touch end to end on both sides form one run.
+        if innerCount > 1, srcInnerStride == runBytes, dstInnerStride == runBytes {
+            runBytes *= innerCount
+            innerCount = 1
+        }
+        // Outer rows of one inner block that touch end to end on both sides.
+        if innerCount == 1, outerCount > 1, srcOuterStride == runBytes, dstOuterStride == runBytes {
+            runBytes *= outerCount
+            outerCount = 1
+        }
+        if innerCount == 1 { srcInnerStride = 0; dstInnerStride = 0 }
+        if outerCount == 1 { srcOuterStride = 0; dstOuterStride = 0 }
+    }
+
+    /// Calls `body(srcOffset, dstOffset, bytes)` for every run, in order.
+    @inlinable
+    public func forEachRun(_ body: (Int, Int, Int) throws -> Void) rethrows {
+        for o in 0..<outerCount {
+            let s = srcOffset + o * srcOuterStride
+            let d = dstOffset + o * dstOuterStride
+            for i in 0..<innerCount {
+                try body(s + i * srcInnerStride, d + i * dstInnerStride, runBytes)
+            }
+        }
+    }
+}

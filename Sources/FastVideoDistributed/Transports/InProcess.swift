@@ -1,0 +1,227 @@
+import Dispatch
+import Foundation
+import Synchronization
+
+/// Creates the per-rank endpoint of a group; implemented by each transport.
+protocol ChannelFactory: Sendable {
+    func makeChannel(name: String, members: [Int], rank: Int) -> any PeerMemoryChannel
+}
+
+/// The state the ranks of one in-process world share: groups, abort and exit flags.
+final class InProcessWorldState: ChannelFactory, Sendable {
+    let size: Int
+    let timeoutNanoseconds: UInt64
+    let spin: Bool
+    private let failure = Mutex<FVDError?>(nil)
+    private let exited: Mutex<[Bool]>
+    private let groups = Mutex<[String: InProcessGroupState]>([:])
+
+    init(size: Int, timeout: Double) {
+        self.size = size
+        timeoutNanoseconds = UInt64(max(0, timeout) * 1e9)
+        spin = size <= ProcessInfo.processInfo.activeProcessorCount
+        exited = Mutex(Array(repeating: false, count: size))
+    }
+
+    func makeChannel(name: String, members: [Int], rank: Int) -> any PeerMemoryChannel {
+        let key = "\(name) \(members)"
+        let group = groups.withLock { groups in
+            if let g = groups[key] { return g }
+            let g = InProcessGroupState(label: key, members: members)
+            groups[key] = g
+            return g
+        }
+        return InProcessChannel(world: self, group: group, index: members.firstIndex(of: rank)!)
+    }
+
+    var abortError: FVDError? { failure.withLock { $0 } }
+
+    /// Records the first failure of the world and wakes every waiter so it sees it.
+    func abort(_ error: FVDError) {
+        failure.withLock { if $0 == nil { $0 = error } }
+        wakeAll()
+    }
+
+    func markExited(_ rank: Int) {
+        exited.withLock { $0[rank] = true }
+        wakeAll()
+    }
+
+    func exitedRanks() -> [Int] { exited.withLock { flags in flags.indices.filter { flags[$0] } } }
+
+    private func wakeAll() {
+        for g in groups.withLock({ Array($0.values) }) { g.sync.wake(shared: false) }
+    }
+}
+
+/// What one member published for the current call.
+///
+/// Invariant: written only by its owner before it posts `.arrived`, read by peers
+/// only between their `wait(.arrived)` and their post of `.done`, which the owner
+/// waits for before writing again.
+final class Slot: @unchecked Sendable {
+    var header = CallHeader(op: "", kind: "", dtype: .uint8, shape: [], arguments: [], argumentText: "", call: -1)
+    var buffers = PeerBuffers()
+}
+
+final class InProcessGroupState: Sendable {
+    let label: String
+    let members: [Int]
+    let sync: SyncWords
+    let slots: [Slot]
+
+    init(label: String, members: [Int]) {
+        self.label = label
+        self.members = members
+        sync = SyncWords(members: members.count)
+        slots = members.map { _ in Slot() }
+    }
+}
+
+final class InProcessChannel: PeerMemoryChannel {
+    let world: InProcessWorldState
+    let group: InProcessGroupState
+    let index: Int
+
+    init(world: InProcessWorldState, group: InProcessGroupState, index: Int) {
+        self.world = world
+        self.group = group
+        self.index = index
+    }
+
+    var members: [Int] { group.members }
+    var label: String { group.label }
+
+    func publish(_ header: CallHeader, _ buffers: PeerBuffers) {
+        group.slots[index].header = header
+        group.slots[index].buffers = buffers
+    }
+
+    func post(_ phase: Phase, call: Int) {
+        group.sync.post(member: index, value: SyncWords.target(call: call, phase: phase), shared: false)
+    }
+
+    func wait(_ phase: Phase, call: Int, op: String) throws {
+        let target = SyncWords.target(call: call, phase: phase)
+        let deadline = DispatchTime.now().uptimeNanoseconds &+ world.timeoutNanoseconds
+        let reached = try group.sync.wait(for: target, spin: world.spin, shared: false, deadline: deadline) {
+            if let error = world.abortError { throw error }
+            let missing = group.sync.missing(below: target).map { members[$0] }
+            if let gone = world.exitedRanks().first(where: missing.contains) {
+                let error = FVDError.peerExited(rank: gone, op: op, group: label)
+                world.abort(error)
+                throw error
+            }
+        }
+        if !reached {
+            let missing = group.sync.missing(below: target).map { members[$0] }
+            let error = FVDError.timeout(
+                op: op, group: label, call: call, missing: missing, seconds: Double(world.timeoutNanoseconds) / 1e9)
+            world.abort(error)
+            throw error
+        }
+    }
+
+    func header(of i: Int) -> CallHeader { group.slots[i].header }
+    func buffers(of i: Int) -> PeerBuffers { group.slots[i].buffers }
+
+    func checkHealthy() throws {
+        if let error = world.abortError { throw error }
+    }
+
+    func abort(_ error: FVDError) { world.abort(error) }
+}
+
+/// A world whose ranks are threads of this process: the embedded default backend.
+///
+/// Each rank runs `body` on its own thread (never on the Swift concurrency pool, where
+/// a blocked rank could starve the others). Ranks exchange data by reading each
+/// other's buffers directly, so every byte is copied once, into its final place.
+///
+/// ```swift
+/// let outputs = try World.inProcess(size: 4).run { world in
+///     let state = try ParallelState(world: world, tensorParallel: 2, sequenceParallel: 2)
+///     return try state.tensorParallel.allReduce(x)
+/// }
+/// ```
+public struct InProcessWorld: Sendable {
+    /// Number of ranks.
+    public let size: Int
+    /// Seconds a rank waits for its peers in one collective before it throws
+    /// ``FVDError/timeout(op:group:call:missing:seconds:)``.
+    public let timeout: Double
+
+    /// Runs `body` once per rank, concurrently, and returns each rank's outcome.
+    ///
+    /// When a rank throws, the world is aborted: peers waiting in (or later entering)
+    /// a collective throw ``FVDError/peerFailed(rank:message:)`` promptly. A rank that
+    /// returns while its peers still wait for it makes them throw
+    /// ``FVDError/peerExited(rank:op:group:)``.
+    public func runEach<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) throws -> R) -> [Result<R, any Error>] {
+        let state = InProcessWorldState(size: size, timeout: timeout)
+        let results = Mutex<[Result<R, any Error>?]>(Array(repeating: nil, count: size))
+        let done = DispatchGroup()
+        for rank in 0..<size {
+            done.enter()
+            let thread = Thread {
+                let outcome: Result<R, any Error>
+                do {
+                    let world = GroupCoordinator(name: "world", ranks: Array(0..<state.size), rank: rank, factory: state)
+                    outcome = .success(try body(world))
+                } catch {
+                    outcome = .failure(error)
+                    state.abort(.peerFailed(rank: rank, message: String(describing: error)))
+                }
+                results.withLock { $0[rank] = outcome }
+                state.markExited(rank)
+                done.leave()
+            }
+            thread.name = "fvd-rank-\(rank)"
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+        done.wait()
+        return results.withLock { $0.map { $0! } }
+    }
+
+    /// Runs `body` once per rank and returns the results in rank order.
+    ///
+    /// - Throws: the error of the rank that failed first in the chain of causes: the
+    ///   lowest rank whose error is not merely a consequence of another rank's
+    ///   failure (``FVDError/peerFailed(rank:message:)``, ``FVDError/peerExited(rank:op:group:)``).
+    public func run<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) throws -> R) throws -> [R] {
+        let results = runEach(body)
+        let failures = results.compactMap { result -> (any Error)? in
+            if case .failure(let e) = result { return e }
+            return nil
+        }
+        if let first = failures.first {
+            throw failures.first(where: { !isConsequence($0) }) ?? first
+        }
+        return results.map { try! $0.get() }
+    }
+
+    private func isConsequence(_ error: any Error) -> Bool {
+        switch error as? FVDError {
+        case .peerFailed?, .peerExited?: return true
+        default: return false
+        }
+    }
+}
+
+/// Entry points that create a world of ranks.
+public enum World {
+    /// A world of `size` ranks running as threads in this process.
+    ///
+    /// - Parameters:
+    ///   - size: number of ranks, at least 1.
+    ///   - timeout: seconds a collective waits for missing ranks (default 300, like NCCL's watchdog).
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for a size below 1 or a negative timeout.
+    public static func inProcess(size: Int, timeout: Double = 300) throws -> InProcessWorld {
+        guard size >= 1 else { throw FVDError.invalidArgument("world size must be at least 1, got \(size)") }
+        guard timeout >= 0, timeout.isFinite else {
+            throw FVDError.invalidArgument("timeout must be a non-negative number of seconds, got \(timeout)")
+        }
+        return InProcessWorld(size: size, timeout: timeout)
+    }
+}

@@ -1,0 +1,66 @@
+/// What a rank tells its peers at the start of every collective: enough to detect
+/// any disagreement before a single byte of data moves.
+struct CallHeader: Sendable, Equatable {
+    /// Name of the operation as the caller called it, for errors, e.g. `tensor_model_parallel_all_gather`.
+    var op: String
+    /// What is compared across ranks: the underlying collective, e.g. `all_gather`.
+    var kind: String
+    var dtype: DType
+    var shape: [Int]
+    /// Operation arguments (dim, root, reduce op, ...) in a fixed order per op.
+    var arguments: [Int]
+    /// Human-readable form of `arguments` for error messages.
+    var argumentText: String
+    /// How many collectives this rank has called on this group before.
+    var call: Int
+}
+
+/// A rank's buffers as its peers can address them during one collective.
+///
+/// Invariant: the pointers stay valid from the rank's phase-0 post until every
+/// member has posted the call's final phase.
+struct PeerBuffers: @unchecked Sendable {
+    var input: UnsafeRawPointer?
+    var output: UnsafeMutableRawPointer?
+}
+
+/// The phases of one collective call. Each is a rendezvous of the whole group.
+enum Phase: Int {
+    /// Header and buffers are published.
+    case arrived = 0
+    /// The rank's share of a reduction is in its output (all-reduce only).
+    case reduced = 1
+    /// The rank has finished reading its peers' buffers.
+    case done = 2
+}
+
+/// One rank's endpoint of one group on a transport whose ranks can read each
+/// other's memory (threads in one process; processes sharing a mapping).
+///
+/// A collective is written once against this protocol: publish, rendezvous,
+/// copy straight from peers' buffers into the output, rendezvous again.
+protocol PeerMemoryChannel: AnyObject, Sendable {
+    /// World ranks of the members, sorted; index = rank in group.
+    var members: [Int] { get }
+    /// This rank's index in `members`.
+    var index: Int { get }
+    /// Label used in errors and logs, e.g. `tp0 [0, 1]`.
+    var label: String { get }
+    /// Stores this rank's header and buffers for the current call (before `post(.arrived)`).
+    func publish(_ header: CallHeader, _ buffers: PeerBuffers)
+    /// Marks this rank as having reached `phase` of `call` and wakes waiters.
+    func post(_ phase: Phase, call: Int)
+    /// Blocks until every member reached `phase` of `call`.
+    ///
+    /// - Throws: the world's abort error, ``FVDError/peerExited(rank:op:group:)`` for a
+    ///   member that left, or ``FVDError/timeout(op:group:call:missing:seconds:)``.
+    func wait(_ phase: Phase, call: Int, op: String) throws
+    /// The header member `i` published for the current call (valid after `wait(.arrived)`).
+    func header(of i: Int) -> CallHeader
+    /// The buffers member `i` published for the current call (valid after `wait(.arrived)`).
+    func buffers(of i: Int) -> PeerBuffers
+    /// Throws the world's abort error if a rank has failed, so no new call starts on a broken world.
+    func checkHealthy() throws
+    /// Marks the world as failed with `error` and wakes every waiter.
+    func abort(_ error: FVDError)
+}

@@ -1,0 +1,102 @@
+import CFVDShims
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The words a group synchronises on: a wake sequence, a sleeper count and one
+/// progress counter per member, each on its own cache line.
+///
+/// Invariant: `base` points to `SyncWords.byteCount(members:)` bytes that live as
+/// long as this object (heap memory here; a shared mapping for multi-process
+/// transports). All access goes through the C11 atomics in CFVDShims.
+final class SyncWords: @unchecked Sendable {
+    static let line = 64
+    let base: UnsafeMutableRawPointer
+    let memberCount: Int
+    private let owned: Bool
+
+    static func byteCount(members: Int) -> Int { (members + 1) * line }
+
+    init(members: Int) {
+        memberCount = members
+        let bytes = SyncWords.byteCount(members: members)
+        base = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: SyncWords.line)
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        owned = true
+    }
+
+    deinit { if owned { base.deallocate() } }
+
+    /// Bumped (and futex-woken) on every post, abort and exit.
+    var sequence: UnsafeMutablePointer<UInt32> { base.assumingMemoryBound(to: UInt32.self) }
+    /// Number of threads sleeping on `sequence`; posts skip the wake syscall when 0.
+    var sleepers: UnsafeMutablePointer<UInt32> { (base + 4).assumingMemoryBound(to: UInt32.self) }
+    /// Member `i`'s progress: `call × 4 + phase + 1` of the last phase it posted.
+    func progress(_ i: Int) -> UnsafeMutablePointer<UInt64> {
+        (base + (i + 1) * SyncWords.line).assumingMemoryBound(to: UInt64.self)
+    }
+
+    static func target(call: Int, phase: Phase) -> UInt64 { UInt64(call) * 4 + UInt64(phase.rawValue) + 1 }
+
+    func post(member i: Int, value: UInt64, shared: Bool) {
+        fvd_atomic_store_u64(progress(i), value)
+        wake(shared: shared)
+    }
+
+    func wake(shared: Bool) {
+        fvd_atomic_add_u32(sequence, 1)
+        if fvd_atomic_load_u32(sleepers) > 0 {
+            _ = fvd_futex_wake(sequence, Int32.max, shared ? 1 : 0)
+        }
+    }
+
+    /// Members whose progress is below `target`.
+    func missing(below target: UInt64) -> [Int] {
+        (0..<memberCount).filter { fvd_atomic_load_u64(progress($0)) < target }
+    }
+
+    func allReached(_ target: UInt64) -> Bool {
+        for i in 0..<memberCount where fvd_atomic_load_u64(progress(i)) < target { return false }
+        return true
+    }
+
+    /// Waits until every member's progress reaches `target`.
+    ///
+    /// Spins briefly when the waiters fit on the cores, then yields a few times, then
+    /// sleeps on a futex (so 8 ranks on 2 cores stay fast). `check` runs before each
+    /// sleep and throws to abandon the wait (abort, peer exit); returns `false` at the
+    /// deadline.
+    func wait(
+        for target: UInt64, spin: Bool, shared: Bool, deadline: UInt64, check: () throws -> Void
+    ) rethrows -> Bool {
+        if allReached(target) { return true }
+        if spin {
+            for i in 0..<20_000 {
+                fvd_cpu_relax()
+                if allReached(target) { return true }
+                if i & 1023 == 1023 { try check() }
+            }
+        }
+        for _ in 0..<(spin ? 16 : 4) {
+            sched_yield()
+            if allReached(target) { return true }
+        }
+        while true {
+            let seen = fvd_atomic_load_u32(sequence)
+            if allReached(target) { return true }
+            try check()
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { return allReached(target) }
+            // Sleep at most 50 ms so that a missed wake can only delay, never hang.
+            let slice = Int64(min(deadline - now, 50_000_000))
+            fvd_atomic_add_u32(sleepers, 1)
+            if !allReached(target) {
+                _ = fvd_futex_wait(sequence, seen, slice, shared ? 1 : 0)
+            }
+            fvd_atomic_sub_u32(sleepers, 1)
+        }
+    }
+}

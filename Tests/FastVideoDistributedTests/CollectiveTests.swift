@@ -1,0 +1,253 @@
+import Testing
+@testable import FastVideoDistributed
+
+/// Inputs are a function of (world rank, case), so the reference can rebuild any rank's input.
+private func input(rank: Int, shape: [Int], dtype: DType, salt: Int) -> Tensor {
+    randomTensor(shape, dtype, seed: UInt64(rank * 1_000_003 + salt * 7919))
+}
+
+private let gatherShapes: [[Int]] = [[1], [3], [2, 5], [1, 3, 1], [2, 1, 3, 2]]
+
+/// Which group of `layout` holds `rank`, for the three kinds.
+private func groupOf(_ rank: Int, in groups: [[Int]]) -> [Int] { groups.first { $0.contains(rank) }! }
+
+@Suite("Collectives against naive references, every layout of 1...8 ranks")
+struct CollectiveReferenceTests {
+    @Test("all-gather over TP and SP groups, every dtype, positive and negative dims", arguments: everyLayout())
+    func allGather(layout: GroupLayout) throws {
+        let outputs = try World.inProcess(size: layout.worldSize, timeout: 30).run { world in
+            let state = try ParallelState(
+                world: world, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)
+            var results: [Tensor] = []
+            for (c, shape) in gatherShapes.enumerated() {
+                for (k, dtype) in DType.allCases.enumerated() {
+                    let salt = c * 100 + k
+                    let dim = (salt % 2 == 0) ? -1 - (salt % shape.count) : salt % shape.count
+                    let x = input(rank: world.rank, shape: shape, dtype: dtype, salt: salt)
+                    let y = try state.withCurrent { try tensorModelParallelAllGather(x, dim: dim) }
+                    let z = try state.withCurrent { try sequenceModelParallelAllGather(x, dim: dim) }
+                    #expect(x == input(rank: world.rank, shape: shape, dtype: dtype, salt: salt), "input was modified")
+                    results += [y, z]
+                }
+            }
+            return results
+        }
+        for rank in 0..<layout.worldSize {
+            var i = 0
+            for (c, shape) in gatherShapes.enumerated() {
+                for (k, dtype) in DType.allCases.enumerated() {
+                    let salt = c * 100 + k
+                    let dim = (salt % 2 == 0) ? -1 - (salt % shape.count) : salt % shape.count
+                    for groups in [layout.tensorParallelGroups, layout.sequenceParallelGroups] {
+                        let members = groupOf(rank, in: groups)
+                        let expected = referenceConcat(
+                            members.map { input(rank: $0, shape: shape, dtype: dtype, salt: salt) }, dim: dim)
+                        #expect(outputs[rank][i] == expected, "rank \(rank) \(dtype) shape \(shape) dim \(dim)")
+                        i += 1
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("all-reduce is the rank-order reduction, bitwise equal on every rank", arguments: everyLayout())
+    func allReduce(layout: GroupLayout) throws {
+        let shapes: [[Int]] = [[1], [7], [3, 5], [2, 3, 4]]
+        let cases = shapes.flatMap { s in DType.allCases.flatMap { d in ReduceOp.allCases.map { (s, d, $0) } } }
+            .filter { $0.1.isFloatingPoint || $0.2 != .average }
+        let outputs = try World.inProcess(size: layout.worldSize, timeout: 30).run { world in
+            let state = try ParallelState(
+                world: world, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)
+            return try cases.enumerated().map { salt, c in
+                let x = input(rank: world.rank, shape: c.0, dtype: c.1, salt: salt)
+                return try state.withCurrent { try tensorModelParallelAllReduce(x, op: c.2) }
+            }
+        }
+        for rank in 0..<layout.worldSize {
+            let members = groupOf(rank, in: layout.tensorParallelGroups)
+            for (salt, c) in cases.enumerated() {
+                let expected = referenceReduce(
+                    members.map { input(rank: $0, shape: c.0, dtype: c.1, salt: salt) }, op: c.2)
+                #expect(outputs[rank][salt] == expected, "rank \(rank) \(c.1) \(c.2) shape \(c.0)")
+                #expect(outputs[rank][salt] == outputs[members[0]][salt], "ranks disagree")
+            }
+        }
+    }
+
+    @Test("Ulysses all-to-all follows the SPEC's formulas and (1,2) inverts (2,1)", arguments: everyLayout())
+    func allToAll(layout: GroupLayout) throws {
+        let n = layout.sequenceParallelSize
+        let shapes: [[Int]] = [[1, 1, n, 1], [2, 3, 2 * n, 3], [1, 2, n, 5]]
+        let dtypes: [DType] = [.float32, .bfloat16, .int8, .float64, .bool]
+        let outputs = try World.inProcess(size: layout.worldSize, timeout: 30).run { world in
+            let state = try ParallelState(
+                world: world, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)
+            var results: [Tensor] = []
+            for (c, shape) in shapes.enumerated() {
+                for (k, dtype) in dtypes.enumerated() {
+                    let x = input(rank: world.rank, shape: shape, dtype: dtype, salt: c * 10 + k)
+                    let heads = try state.withCurrent { try sequenceModelParallelAllToAll4D(x, scatterDim: 2, gatherDim: 1) }
+                    let back = try state.withCurrent { try sequenceModelParallelAllToAll4D(heads, scatterDim: 1, gatherDim: 2) }
+                    #expect(back == x, "(1,2) after (2,1) is not the identity")
+                    let viaNegative = try state.sequenceModelParallelAllToAll4D(x, scatterDim: -2, gatherDim: -3)
+                    #expect(viaNegative == heads)
+                    results += [heads]
+                }
+            }
+            return results
+        }
+        for rank in 0..<layout.worldSize {
+            let members = groupOf(rank, in: layout.sequenceParallelGroups)
+            let r = members.firstIndex(of: rank)!
+            var i = 0
+            for (c, shape) in shapes.enumerated() {
+                for (k, dtype) in dtypes.enumerated() {
+                    let ins = members.map { input(rank: $0, shape: shape, dtype: dtype, salt: c * 10 + k) }
+                    #expect(outputs[rank][i] == referenceAllToAll(ins, scatterDim: 2, receiver: r), "rank \(rank) \(dtype) \(shape)")
+                    i += 1
+                }
+            }
+        }
+    }
+
+    @Test("(1,2) follows its formula on its own", arguments: [2, 3, 4])
+    func allToAllGatherHeads(n: Int) throws {
+        let shape = [2, 2 * n, 3, 2]
+        let outputs = try World.inProcess(size: n).run { world in
+            try world.allToAll4D(input(rank: world.rank, shape: shape, dtype: .float32, salt: 5), scatterDim: 1, gatherDim: 2)
+        }
+        let ins = (0..<n).map { input(rank: $0, shape: shape, dtype: .float32, salt: 5) }
+        for r in 0..<n { #expect(outputs[r] == referenceAllToAll(ins, scatterDim: 1, receiver: r)) }
+    }
+
+    @Test("reduce-scatter is slice r of the reduction", arguments: [1, 2, 3, 4, 5, 8])
+    func reduceScatter(n: Int) throws {
+        let cases: [([Int], Int, DType, ReduceOp)] = [
+            ([2 * n], -1, .float32, .sum), ([3, 2 * n], 1, .bfloat16, .sum), ([n, 3], 0, .int32, .max),
+            ([2, n, 3], -2, .float16, .average), ([n, 1, 2], 0, .float64, .product), ([n], 0, .bool, .min),
+        ]
+        let outputs = try World.inProcess(size: n).run { world in
+            try cases.enumerated().map { salt, c in
+                try world.reduceScatter(input(rank: world.rank, shape: c.0, dtype: c.2, salt: salt), dim: c.1, op: c.3)
+            }
+        }
+        for (salt, c) in cases.enumerated() {
+            let reduced = referenceReduce((0..<n).map { input(rank: $0, shape: c.0, dtype: c.2, salt: salt) }, op: c.3)
+            for r in 0..<n {
+                #expect(outputs[r][salt] == referenceSlice(reduced, dim: c.1, part: r, of: n), "rank \(r) case \(salt)")
+            }
+        }
+    }
+
+    @Test("gather to a root and broadcast from a root", arguments: [1, 2, 3, 6])
+    func gatherAndBroadcast(n: Int) throws {
+        let shape = [2, 3]
+        let outputs = try World.inProcess(size: n).run { world in
+            let x = input(rank: world.rank, shape: shape, dtype: .int16, salt: 1)
+            let root = n - 1
+            let gathered = try world.gather(x, to: root, dim: 0)
+            let broadcast = try world.broadcast(x, from: root)
+            try world.barrier()
+            return (gathered, broadcast)
+        }
+        let ins = (0..<n).map { input(rank: $0, shape: shape, dtype: .int16, salt: 1) }
+        for r in 0..<n {
+            #expect(outputs[r].0 == (r == n - 1 ? referenceConcat(ins, dim: 0) : nil))
+            #expect(outputs[r].1 == ins[n - 1])
+        }
+    }
+
+    @Test("shard then all-gather-with-unpad returns the input, including padded lengths", arguments: [1, 2, 3, 4, 7])
+    func shardAndUnpad(n: Int) throws {
+        let lengths = [1, n, 2 * n + 1, 10]
+        let outputs = try World.inProcess(size: n).run { world in
+            let state = try ParallelState(world: world, sequenceParallel: n)
+            return try lengths.enumerated().map { salt, length in
+                let x = input(rank: 0, shape: [2, length, 3], dtype: .float32, salt: salt)
+                return try state.withCurrent {
+                    let (shard, original) = try sequenceModelParallelShard(x, dim: 1)
+                    #expect(original == length)
+                    #expect(shard.shape == [2, (length + n - 1) / n, 3])
+                    return try sequenceModelParallelAllGatherWithUnpad(shard, originalLength: original, dim: 1)
+                }
+            }
+        }
+        for r in 0..<n {
+            for (salt, length) in lengths.enumerated() {
+                #expect(outputs[r][salt] == input(rank: 0, shape: [2, length, 3], dtype: .float32, salt: salt))
+            }
+        }
+    }
+
+    @Test("a shard's padding is zeros and its slice is rank r's")
+    func shardContents() throws {
+        let x = try Tensor(shape: [1, 5], scalars: [1, 2, 3, 4, 5] as [Int32])
+        let shards = try World.inProcess(size: 3).run { world in
+            try ParallelState(world: world, sequenceParallel: 3).sequenceModelParallelShard(x, dim: -1).shard
+        }
+        #expect(try shards.map { try $0.scalars(as: Int32.self) } == [[1, 2], [3, 4], [5, 0]])
+    }
+}
+
+@Suite("Groups")
+struct GroupTests {
+    @Test("FastVideo's layout for W=8, tp=2, sp=4")
+    func layoutEight() throws {
+        let layout = try GroupLayout(worldSize: 8, tensorParallel: 2, sequenceParallel: 4)
+        #expect(layout.tensorParallelGroups == [[0, 1], [2, 3], [4, 5], [6, 7]])
+        #expect(layout.sequenceParallelGroups == [[0, 1, 2, 3], [4, 5, 6, 7]])
+        #expect(layout.dataParallelGroups == [[0, 4], [1, 5], [2, 6], [3, 7]])
+        #expect(layout.describe().split(separator: "\n").count == 1 + 4 + 2 + 4)
+    }
+
+    @Test("invalid layouts name the three numbers", arguments: [(4, 3, 1), (4, 1, 3), (4, 0, 1), (4, 1, 0), (6, 4, 2), (0, 1, 1)])
+    func invalidLayout(w: Int, tp: Int, sp: Int) {
+        #expect(throws: FVDError.invalidLayout(worldSize: w, tensorParallel: tp, sequenceParallel: sp)) {
+            try GroupLayout(worldSize: w, tensorParallel: tp, sequenceParallel: sp)
+        }
+        let text = FVDError.invalidLayout(worldSize: w, tensorParallel: tp, sequenceParallel: sp).description
+        #expect(text.contains("world size \(w)") && text.contains("tensor parallel \(tp)") && text.contains("sequence parallel \(sp)"))
+    }
+
+    @Test("rank helpers and describe() on every rank")
+    func rankHelpers() throws {
+        let results = try World.inProcess(size: 6).run { world in
+            let state = try ParallelState(world: world, tensorParallel: 3, sequenceParallel: 2)
+            let sp = state.sequenceParallel, tp = state.tensorParallel, dp = state.dataParallel
+            return (
+                tp.ranks, tp.rankInGroup, tp.firstRank, tp.lastRank, tp.isFirstRank, tp.isLastRank, tp.nextRank,
+                tp.previousRank, sp.ranks, dp.ranks, state.describe()
+            )
+        }
+        #expect(results[4].0 == [3, 4, 5])
+        #expect(results[4].1 == 1)
+        #expect(results[4].2 == 3 && results[4].3 == 5)
+        #expect(results[3].4 && !results[3].5 && results[5].5)
+        #expect(results[5].6 == 3 && results[3].7 == 5)
+        #expect(results[5].8 == [4, 5])
+        #expect(results[5].9 == [1, 3, 5])
+        #expect(results[0].10.contains("tp0: ranks [0, 1, 2] *"))
+        #expect(results[0].10.contains("dp1: ranks [1, 3, 5]\n") || results[0].10.hasSuffix("dp1: ranks [1, 3, 5]"))
+    }
+
+    @Test("module-level functions need a bound state")
+    func noState() throws {
+        #expect(throws: FVDError.noParallelState) { try tensorModelParallelAllReduce(Tensor([1.0 as Float])) }
+    }
+
+    @Test("a size-1 group returns its input unchanged")
+    func sizeOne() throws {
+        let x = randomTensor([2, 3, 4, 5], .float32, seed: 3)
+        let out = try World.inProcess(size: 1).run { world in
+            let s = try ParallelState(world: world)
+            return try s.withCurrent {
+                [
+                    try tensorModelParallelAllReduce(x), try tensorModelParallelAllGather(x, dim: 1),
+                    try sequenceModelParallelAllGather(x), try sequenceModelParallelAllToAll4D(x),
+                    try sequenceModelParallelAllToAll4D(x, scatterDim: 1, gatherDim: 2),
+                ]
+            }
+        }
+        #expect(out[0].allSatisfy { $0 == x })
+    }
+}
