@@ -24,7 +24,6 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
 
     let factory: any ChannelFactory
     let channel: any PeerMemoryChannel
-    private let callCount = Atomic<Int>(0)
     private let busy = Atomic<Bool>(false)
 
     init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) {
@@ -88,7 +87,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
             throw error
         }
         defer { busy.store(false, ordering: .releasing) }
-        let call = callCount.add(1, ordering: .relaxed).oldValue
+        let call = channel.nextCall
         let header = CallHeader(
             op: op, kind: kind ?? op, dtype: input.dtype, shape: input.shape, arguments: arguments, argumentText: text, call: call)
         return try input.withUnsafeBytes { raw in

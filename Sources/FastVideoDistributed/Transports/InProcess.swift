@@ -92,6 +92,8 @@ final class InProcessChannel: PeerMemoryChannel {
     var members: [Int] { group.members }
     var label: String { group.label }
 
+    var nextCall: Int { group.sync.nextCall(member: index) }
+
     func publish(_ header: CallHeader, _ buffers: PeerBuffers) {
         group.slots[index].header = header
         group.slots[index].buffers = buffers

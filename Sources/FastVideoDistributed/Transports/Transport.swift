@@ -46,6 +46,9 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     var index: Int { get }
     /// Label used in errors and logs, e.g. `tp0 [0, 1]`.
     var label: String { get }
+    /// The number of this rank's next call on the group (its completed calls so far),
+    /// shared by every coordinator of the same group on this rank.
+    var nextCall: Int { get }
     /// Stores this rank's header and buffers for the current call (before `post(.arrived)`).
     func publish(_ header: CallHeader, _ buffers: PeerBuffers)
     /// Marks this rank as having reached `phase` of `call` and wakes waiters.

@@ -41,6 +41,9 @@ final class SyncWords: @unchecked Sendable {
 
     static func target(call: Int, phase: Phase) -> UInt64 { UInt64(call) * 4 + UInt64(phase.rawValue) + 1 }
 
+    /// The call member `i` starts next: its progress is `0` or `call × 4 + 3` (done) between calls.
+    func nextCall(member i: Int) -> Int { Int((fvd_atomic_load_u64(progress(i)) + 1) / 4) }
+
     func post(member i: Int, value: UInt64, shared: Bool) {
         fvd_atomic_store_u64(progress(i), value)
         wake(shared: shared)
