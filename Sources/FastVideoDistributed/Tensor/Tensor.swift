@@ -1,4 +1,5 @@
 import CFVDShims
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -16,11 +17,14 @@ import Darwin
 final class TensorStorage: @unchecked Sendable {
     let pointer: UnsafeMutableRawPointer
     let byteCount: Int
+    private let capacity: Int
 
-    /// Allocates uninitialised storage.
+    /// Allocates uninitialised storage (from ``StoragePool`` when it holds a buffer of this size).
     init(uninitializedByteCount byteCount: Int) {
         self.byteCount = byteCount
-        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+        capacity = StoragePool.capacity(for: byteCount)
+        pointer = StoragePool.take(capacity: capacity)
+            ?? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
     }
 
     /// Allocates zero-filled storage.
@@ -35,7 +39,52 @@ final class TensorStorage: @unchecked Sendable {
         return new
     }
 
-    deinit { pointer.deallocate() }
+    deinit {
+        if !StoragePool.give(pointer, capacity: capacity) { pointer.deallocate() }
+    }
+}
+
+/// A cache of freed tensor buffers, keyed by size, like PyTorch's caching allocator.
+///
+/// Collectives return new tensors; in a loop of equal-sized calls a fresh allocation
+/// would page-fault its memory in on every call (the allocator returns large blocks
+/// to the OS), which costs more than the copy itself. Freed buffers of 64 KiB and
+/// more are kept, up to `FVD_TENSOR_CACHE_MB` MiB in all (default 1024; 0 turns the
+/// cache off), and handed to the next tensor of the same rounded size.
+enum StoragePool {
+    static let minimumBytes = 64 << 10
+    static let limitBytes: Int = {
+        if let text = getenv("FVD_TENSOR_CACHE_MB"), let mb = Int(String(cString: text)), mb >= 0 { return mb << 20 }
+        return 1 << 30
+    }()
+    /// A freed buffer. Invariant: owned by the cache alone until `take` hands it out.
+    private struct Buffer: @unchecked Sendable { let pointer: UnsafeMutableRawPointer }
+    private static let cache = Mutex<(free: [Int: [Buffer]], bytes: Int)>(([:], 0))
+
+    /// The allocation size for `byteCount`: whole pages for pooled sizes.
+    static func capacity(for byteCount: Int) -> Int {
+        byteCount < minimumBytes ? max(byteCount, 1) : (byteCount + 4095) & ~4095
+    }
+
+    static func take(capacity: Int) -> UnsafeMutableRawPointer? {
+        guard capacity >= minimumBytes else { return nil }
+        return cache.withLock { state -> Buffer? in
+            guard let buffer = state.free[capacity]?.popLast() else { return nil }
+            state.bytes -= capacity
+            return buffer
+        }?.pointer
+    }
+
+    /// Keeps `pointer` for reuse; `false` if the cache is full (the caller frees it).
+    static func give(_ pointer: UnsafeMutableRawPointer, capacity: Int) -> Bool {
+        guard capacity >= minimumBytes, capacity <= limitBytes else { return false }
+        return cache.withLock { state in
+            guard state.bytes + capacity <= limitBytes else { return false }
+            state.free[capacity, default: []].append(Buffer(pointer: pointer))
+            state.bytes += capacity
+            return true
+        }
+    }
 }
 
 /// An n-dimensional array: shape, dtype and contiguous row-major (C order) storage.
