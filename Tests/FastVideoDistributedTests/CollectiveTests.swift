@@ -78,7 +78,7 @@ struct CollectiveReferenceTests {
     func allToAll(layout: GroupLayout) throws {
         let n = layout.sequenceParallelSize
         let shapes: [[Int]] = [[1, 1, n, 1], [2, 3, 2 * n, 3], [1, 2, n, 5]]
-        let dtypes: [DType] = [.float32, .bfloat16, .int8, .float64, .bool]
+        let dtypes = DType.allCases
         let outputs = try World.inProcess(size: layout.worldSize, timeout: 30).run { world in
             let state = try ParallelState(
                 world: world, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)

@@ -108,8 +108,11 @@ final class InProcessChannel: PeerMemoryChannel {
         let deadline = DispatchTime.now().uptimeNanoseconds &+ world.timeoutNanoseconds
         let reached = try group.sync.wait(for: target, spin: world.spin, shared: false, deadline: deadline) {
             if let error = world.abortError { throw error }
+            // Read the exits first: a rank's last posts happen before its exit mark, so a
+            // rank that posted and then left is not mistaken for a missing one.
+            let exited = world.exitedRanks()
             let missing = group.sync.missing(below: target).map { members[$0] }
-            if let gone = world.exitedRanks().first(where: missing.contains) {
+            if let gone = exited.first(where: missing.contains) {
                 let error = FVDError.peerExited(rank: gone, op: op, group: label)
                 world.abort(error)
                 throw error

@@ -1,0 +1,111 @@
+import ArgumentParser
+import FastVideoDistributed
+import Foundation
+
+/// `fvd demo`: a video-DiT block on in-process ranks with tensor and sequence parallelism,
+/// checked against the same block on one rank.
+///
+/// Prints the rank map, a per-collective timing table, the max abs error against the
+/// single-rank reference and `PASS` or `FAIL`. Exits non-zero when the error exceeds the
+/// tolerance (default `1e-4`) or when the library rejects the configuration (the error
+/// is printed as one line, `error: <description>`).
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Run a video-DiT block with tensor + sequence parallelism and check it against one rank.",
+        discussion: """
+            Ranks are threads of this process. Each replica of lcm(tp, sp) consecutive ranks \
+            runs one sample: the adaLN projection and the MLP are tensor parallel (all-gather, \
+            all-reduce), the attention is Ulysses sequence parallel (shard, all-to-all, \
+            all-gather with unpad). Every rank's output is compared with the same block on one \
+            rank; the run passes when the max abs error is at most the tolerance (default 1e-4).
+            """
+    )
+
+    @Option(help: "Number of in-process ranks.")
+    var worldSize: Int = 4
+
+    @Option(help: "Tensor-parallel size (adaLN projection and MLP).")
+    var tp: Int = 2
+
+    @Option(help: "Sequence-parallel (Ulysses) size (attention).")
+    var sp: Int = 2
+
+    @Option(help: "Latent frames.")
+    var frames: Int = 4
+
+    @Option(help: "Latent height in patches.")
+    var height: Int = 8
+
+    @Option(help: "Latent width in patches.")
+    var width: Int = 8
+
+    @Option(help: "Hidden size of the block.")
+    var hidden: Int = 128
+
+    @Option(help: "Attention heads (must divide by --sp).")
+    var heads: Int = 8
+
+    @Option(help: "Seed of the weights and inputs.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Largest max abs error vs the single-rank reference that passes.")
+    var tolerance: Double = 1e-4
+
+    @Option(help: "Seconds a collective waits for missing ranks.")
+    var timeout: Double = 60
+
+    func run() throws {
+        let config = DemoConfiguration(
+            worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp, frames: frames, height: height,
+            width: width, hidden: hidden, heads: heads, seed: seed, timeout: timeout, tolerance: tolerance)
+        let report: DemoReport
+        do {
+            report = try runDemo(config)
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+        print(render(report))
+        if !report.passed { throw ExitCode.failure }
+    }
+}
+
+/// The demo's report as text: header, rank map, timing table, error, verdict.
+func render(_ report: DemoReport) -> String {
+    let c = report.configuration
+    var lines = [
+        "fvd demo: video-DiT block, \(c.frames) frames × \(c.height)×\(c.width) patches = \(c.tokens) tokens, "
+            + "hidden \(c.hidden), \(c.heads) heads, text dim \(c.textDim), MLP ×\(c.mlpRatio)",
+        "world \(c.worldSize) in-process ranks: tp \(c.tensorParallel), sp \(c.sequenceParallel), "
+            + "\(c.samples) replica\(c.samples == 1 ? "" : "s") of \(c.replicaSize) rank\(c.replicaSize == 1 ? "" : "s"), "
+            + "one sample each",
+        "",
+        "rank map (rank 0's groups marked *):",
+    ]
+    lines += report.rankMap.split(separator: "\n").map { "  " + $0 }
+    lines.append("")
+    lines.append("collective timings (all ranks):")
+    let nameWidth = max(10, report.timings.map(\.name.count).max() ?? 0)
+    func pad(_ s: String, _ w: Int, left: Bool = false) -> String {
+        let fill = String(repeating: " ", count: max(0, w - s.count))
+        return left ? s + fill : fill + s
+    }
+    lines.append(
+        "  " + pad("collective", nameWidth, left: true) + pad("calls", 7) + pad("bytes", 12) + pad("total µs", 12)
+            + pad("mean µs", 10))
+    for t in report.timings {
+        lines.append(
+            "  " + pad(t.name, nameWidth, left: true) + pad(String(t.calls), 7) + pad(String(t.totalBytes), 12)
+                + pad(String(format: "%.1f", t.totalMicroseconds), 12) + pad(String(format: "%.1f", t.meanMicroseconds), 10))
+    }
+    if report.timings.isEmpty { lines.append("  (none)") }
+    lines.append("")
+    lines.append(
+        String(format: "distributed run %.3f s, single-rank reference %.3f s", report.wallSeconds, report.referenceSeconds))
+    lines.append(
+        "max abs error vs single-rank reference: \(String(format: "%.3e", report.maxAbsError)) "
+            + "(tolerance \(String(format: "%.0e", report.tolerance)))")
+    lines.append(report.passed ? "PASS" : "FAIL")
+    return lines.joined(separator: "\n")
+}
