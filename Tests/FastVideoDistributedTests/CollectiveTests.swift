@@ -230,6 +230,17 @@ struct GroupTests {
         #expect(results[0].10.contains("dp1: ranks [1, 3, 5]\n") || results[0].10.hasSuffix("dp1: ranks [1, 3, 5]"))
     }
 
+    @Test("a ParallelState over a subgroup lays out the subgroup's members")
+    func stateOverSubgroup() throws {
+        let out = try World.inProcess(size: 4).run { world -> [Int] in
+            let half = try world.subgroup(name: "half\(world.rank / 2)", ranks: world.rank < 2 ? [0, 1] : [2, 3])
+            let state = try ParallelState(world: half, tensorParallel: 2)
+            let sum = try state.tensorModelParallelAllReduce(Tensor([Int32(world.rank)]))
+            return state.tensorParallel.ranks + (try sum.scalars(as: Int32.self)).map(Int.init)
+        }
+        #expect(out == [[0, 1, 1], [0, 1, 1], [2, 3, 5], [2, 3, 5]])
+    }
+
     @Test("module-level functions need a bound state")
     func noState() throws {
         #expect(throws: FVDError.noParallelState) { try tensorModelParallelAllReduce(Tensor([1.0 as Float])) }

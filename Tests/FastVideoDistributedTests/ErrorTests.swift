@@ -174,6 +174,24 @@ struct ErrorTests {
         #expect(out.map { try! $0.scalars(as: Float.self) } == [[1], [1], [5], [5]])
     }
 
+    @Test("equivalent negative and positive a2a dims agree across ranks")
+    func allToAllDimsAgree() throws {
+        let out = try World.inProcess(size: 2, timeout: 10).run { world in
+            try world.allToAll4D(randomTensor([1, 2, 4, 2], .float32, seed: 1), scatterDim: world.rank == 0 ? -2 : 2, gatherDim: 1)
+        }
+        #expect(out.count == 2)
+    }
+
+    @Test("huge and infinite timeouts are accepted")
+    func longTimeouts() throws {
+        for t in [1e11, Double.infinity] {
+            let out = try World.inProcess(size: 2, timeout: t).run { world in try world.allReduce(Tensor([1 as Float])) }
+            #expect(out == [Tensor([2 as Float]), Tensor([2 as Float])])
+        }
+        #expect(throws: FVDError.self) { try World.inProcess(size: 2, timeout: .nan) }
+        #expect(throws: FVDError.self) { try World.inProcess(size: 5000) }
+    }
+
     @Test("invalid world arguments")
     func invalidWorld() {
         #expect(throws: FVDError.self) { try World.inProcess(size: 0) }

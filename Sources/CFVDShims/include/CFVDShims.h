@@ -12,7 +12,6 @@ static inline void fvd_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_stor
 static inline uint32_t fvd_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline uint32_t fvd_atomic_add_u32(uint32_t *p, uint32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t fvd_atomic_sub_u32(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_SEQ_CST); }
-static inline void fvd_atomic_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline void fvd_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();

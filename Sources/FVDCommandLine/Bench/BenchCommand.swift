@@ -101,7 +101,9 @@ func parseByteSize(_ text: String) throws -> Int {
     guard let value = Int(digits), value > 0 else {
         throw FVDError.invalidArgument("invalid size '\(text)'; use bytes with an optional K, M or G suffix")
     }
-    return value * scale
+    let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
+    guard !overflow, bytes <= 1 << 40 else { throw FVDError.invalidArgument("size '\(text)' is larger than 1T") }
+    return bytes
 }
 
 /// Prints a library error as one line on stderr.

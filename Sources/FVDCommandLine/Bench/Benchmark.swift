@@ -20,7 +20,8 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
         self == .allGather ? inputBytes * n : inputBytes
     }
 
-    /// Bytes a perfect implementation must copy per rank (the copy model in PERFORMANCE.md):
+    /// Bytes a perfect implementation must copy per rank (the copy model of the team's
+    /// performance notes, `shared/PERFORMANCE.md`):
     /// all-gather writes `n × in`; all-to-all writes `in`; all-reduce writes `in/n` in its
     /// reduce-scatter pass and `in` in its all-gather pass; reduce-scatter must read `in`.
     func modelBytes(inputBytes: Int, worldSize n: Int) -> Int {
@@ -64,14 +65,15 @@ public struct BenchConfiguration: Sendable {
     public var iterations = 20
     public init() {}
 
-    /// Per-rank input sizes from `minBytes` to `maxBytes`, multiplying by `factor`.
+    /// Per-rank input sizes from `minBytes` to `maxBytes`, multiplying by `factor` (≥ 2).
     public var sizes: [Int] {
         var out: [Int] = []
         var s = minBytes
-        while s <= maxBytes {
+        while s >= 1, s <= maxBytes {
             out.append(s)
-            if factor <= 1 { break }
-            s *= factor
+            let (next, overflow) = s.multipliedReportingOverflow(by: factor)
+            if overflow || factor < 2 { break }
+            s = next
         }
         return out
     }
@@ -82,6 +84,10 @@ public func runBenchmark(_ config: BenchConfiguration, progress: (String) -> Voi
     guard config.worldSize >= 1 else { throw FVDError.invalidArgument("world size must be at least 1") }
     guard config.iterations >= 1, config.warmup >= 0 else {
         throw FVDError.invalidArgument("iterations must be >= 1 and warmup >= 0")
+    }
+    guard config.factor >= 2, config.minBytes >= 1, config.minBytes <= config.maxBytes else {
+        throw FVDError.invalidArgument(
+            "sizes: need 1 <= -b <= -e and a factor -f of at least 2 (got -b \(config.minBytes), -e \(config.maxBytes), -f \(config.factor))")
     }
     let world = try World.inProcess(size: config.worldSize, timeout: 300)
     var rows: [BenchRow] = []

@@ -264,8 +264,15 @@ private func validate(_ config: DemoConfiguration) throws {
         ("hidden", config.hidden), ("heads", config.heads), ("text dim", config.textDim),
         ("MLP ratio", config.mlpRatio),
     ]
-    for (name, value) in sizes where value < 1 {
-        throw FVDError.invalidArgument("demo: \(name) must be at least 1, got \(value)")
+    for (name, value) in sizes where value < 1 || value > 1 << 16 {
+        throw FVDError.invalidArgument("demo: \(name) must be in 1...65536, got \(value)")
+    }
+    // The single-rank reference holds [tokens, tokens] attention scores and [tokens, mlp] activations.
+    let (area, o1) = config.frames.multipliedReportingOverflow(by: config.height)
+    let (tokens, o2) = area.multipliedReportingOverflow(by: config.width)
+    guard !o1, !o2, tokens <= 16_384, config.mlpRatio * config.hidden <= 1 << 16 else {
+        throw FVDError.invalidArgument(
+            "demo: the block is too large (at most 16384 tokens = frames × height × width, and hidden × MLP ratio ≤ 65536)")
     }
     guard config.hidden % config.heads == 0 else {
         throw FVDError.invalidArgument("demo: hidden size \(config.hidden) is not divisible by \(config.heads) heads")

@@ -4,10 +4,11 @@ import CFVDShims
 /// copy far larger than the cache does not evict it block by block.
 let streamingThresholdBytes = 8 << 20
 
-/// Executes `plan` from `source` into `destination`.
+/// Executes `plan` from `source` into `destination` (streaming stores end with a fence).
 func execute(_ plan: StridedCopy, from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, streaming: Bool) {
     let flag: Int32 = streaming ? 1 : 0
     plan.forEachRun { s, d, bytes in fvd_copy(destination + d, source + s, bytes, flag) }
+    if streaming { fvd_store_fence() }
 }
 
 /// Copies, for every member in turn (starting with this rank, then its successors,
@@ -21,10 +22,8 @@ func pullFromEveryMember(
     let streaming = totalBytes >= streamingThresholdBytes
     for k in 0..<n {
         let j = (channel.index + k) % n
-        guard let input = channel.buffers(of: j).input else { continue }
-        execute(plan(j), from: input, to: destination, streaming: streaming)
+        execute(plan(j), from: channel.buffers(of: j).input, to: destination, streaming: streaming)
     }
-    if streaming { fvd_store_fence() }
 }
 
 /// Runs one collective call: publish the header and buffers, rendezvous, check that
@@ -51,6 +50,7 @@ func performCollective<R>(
     }
     channel.post(.done, call: header.call)
     try channel.wait(.done, call: header.call, op: header.op)
+    channel.release()
     return try outcome.get()
 }
 

@@ -21,12 +21,12 @@ extension GroupCoordinator {
         }
         let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
         let es = input.dtype.byteSize
-        try collective(name, input, arguments: [op.code], text: "op=\(op)", output: output.storage.pointer) { call in
+        try collective(name, input, arguments: [op.code], text: "op=\(op)", output: output) { call in
             try validateReduction(op, dtype: input.dtype, opName: name)
             let ranges = Layout.balancedRanges(count: input.count, parts: size)
             let mine = ranges[rankInGroup]
             if !mine.isEmpty {
-                let sources = (0..<size).map { channel.buffers(of: $0).input! + mine.lowerBound * es }
+                let sources = (0..<size).map { channel.buffers(of: $0).input + mine.lowerBound * es }
                 reduceElements(
                     op, dtype: input.dtype, into: output.storage.pointer + mine.lowerBound * es,
                     from: sources, count: mine.count, groupSize: size)
@@ -107,7 +107,7 @@ extension GroupCoordinator {
             shape[d] = part
             let output = Tensor(uninitializedShape: shape, dtype: input.dtype)
             let es = input.dtype.byteSize, run = part * inner
-            let inputs = (0..<size).map { channel.buffers(of: $0).input! }
+            let inputs = (0..<size).map { channel.buffers(of: $0).input }
             for o in 0..<outer {
                 let offset = (o * full + rankInGroup * part) * inner * es
                 reduceElements(
@@ -152,7 +152,7 @@ extension GroupCoordinator {
             let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
             let plan = StridedCopy.contiguous(srcOffset: 0, dstOffset: 0, bytes: input.byteCount)
             execute(
-                plan, from: channel.buffers(of: root).input!, to: output.storage.pointer,
+                plan, from: channel.buffers(of: root).input, to: output.storage.pointer,
                 streaming: input.byteCount >= streamingThresholdBytes)
             return output
         }
@@ -172,7 +172,7 @@ extension GroupCoordinator {
             return input
         }
         return try collective(
-            name, input, arguments: [scatterDim, gatherDim], text: "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)"
+            name, input, arguments: [dimKey(scatterDim, 4), dimKey(gatherDim, 4)], text: "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)"
         ) { _ in
             let plan = try allToAllPlan(input, scatterDim: scatterDim, gatherDim: gatherDim, op: name)
             let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)

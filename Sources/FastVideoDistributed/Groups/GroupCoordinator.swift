@@ -79,7 +79,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     /// argument checks inside it throw on every rank alike.
     func collective<R>(
         _ op: String, kind: String? = nil, _ input: Tensor, arguments: [Int] = [], text: String = "",
-        output: UnsafeMutableRawPointer? = nil, _ body: (_ call: Int) throws -> R
+        output: Tensor? = nil, _ body: (_ call: Int) throws -> R
     ) throws -> R {
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
             let error = FVDError.concurrentUse(group: description)
@@ -90,9 +90,9 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         let call = channel.nextCall
         let header = CallHeader(
             op: op, kind: kind ?? op, dtype: input.dtype, shape: input.shape, arguments: arguments, argumentText: text, call: call)
-        return try input.withUnsafeBytes { raw in
-            try performCollective(
-                on: channel, header: header, buffers: PeerBuffers(input: raw.baseAddress, output: output)) { try body(call) }
-        }
+        let buffers = PeerBuffers(
+            input: input.storage.pointer, output: output?.storage.pointer,
+            storage: [input.storage] + (output.map { [$0.storage] } ?? []))
+        return try performCollective(on: channel, header: header, buffers: buffers) { try body(call) }
     }
 }

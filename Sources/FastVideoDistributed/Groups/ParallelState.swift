@@ -30,10 +30,11 @@ public struct ParallelState: Sendable, CustomStringConvertible {
     public init(world: GroupCoordinator, tensorParallel tp: Int = 1, sequenceParallel sp: Int = 1) throws {
         let layout = try GroupLayout(worldSize: world.size, tensorParallel: tp, sequenceParallel: sp)
         self.world = world
-        let me = world.rank
+        // The layout numbers the members of `world` 0..<size; map them to world ranks.
+        let me = world.rankInGroup
         func make(_ prefix: String, _ groups: [[Int]]) throws -> GroupCoordinator {
             let i = groups.firstIndex { $0.contains(me) }!
-            return try world.subgroup(name: "\(prefix)\(i)", ranks: groups[i])
+            return try world.subgroup(name: "\(prefix)\(i)", ranks: groups[i].map { world.ranks[$0] })
         }
         tensorParallel = try make("tp", layout.tensorParallelGroups)
         sequenceParallel = try make("sp", layout.sequenceParallelGroups)
@@ -47,8 +48,10 @@ public struct ParallelState: Sendable, CustomStringConvertible {
     }
 
     /// The rank map, one line per group; the groups of this rank are marked `*`.
+    ///
+    /// Ranks are positions in ``world`` (the world ranks when `world` is the whole world).
     public func describe() -> String {
-        layout.describe(marking: world.rank)
+        layout.describe(marking: world.rankInGroup)
     }
 
     public var description: String { describe() }

@@ -3,9 +3,9 @@
 /// Nothing here touches memory, threads or files: each function turns shapes and
 /// ranks into ``StridedCopy`` plans or element ranges. Offsets and strides are in
 /// bytes so that one plan serves every dtype.
-public enum Layout {
+enum Layout {
     /// Resolves a possibly negative dimension index (`-ndim <= dim < ndim`).
-    public static func normalize(dim: Int, ndim: Int, op: String) throws -> Int {
+    static func normalize(dim: Int, ndim: Int, op: String) throws -> Int {
         guard dim >= -ndim, dim < ndim, ndim > 0 else {
             throw FVDError.invalidDimension(op: op, dim: dim, ndim: ndim)
         }
@@ -13,7 +13,7 @@ public enum Layout {
     }
 
     /// Views `shape` as `[outer, shape[dim], inner]` and returns those three sizes.
-    public static func split(_ shape: [Int], at dim: Int) -> (outer: Int, size: Int, inner: Int) {
+    static func split(_ shape: [Int], at dim: Int) -> (outer: Int, size: Int, inner: Int) {
         (shape[..<dim].reduce(1, *), shape[dim], shape[(dim + 1)...].reduce(1, *))
     }
 
@@ -24,7 +24,7 @@ public enum Layout {
     ///
     /// This is the all-gather block (a part placed at its offset in the concatenation),
     /// the reduce-scatter / shard slice (the transpose), and the unpad cut.
-    public static func slab(
+    static func slab(
         outer: Int, innerBytes: Int,
         srcSize: Int, srcStart: Int, dstSize: Int, dstStart: Int, length: Int
     ) -> StridedCopy {
@@ -35,16 +35,9 @@ public enum Layout {
             runBytes: length * innerBytes)
     }
 
-    /// The output shape of a concatenation of `parts` equal tensors along `dim`.
-    public static func concatenatedShape(_ shape: [Int], dim: Int, parts: Int) -> [Int] {
-        var out = shape
-        out[dim] *= parts
-        return out
-    }
-
     /// Splits `count` items into `parts` contiguous ranges, the first `count % parts`
     /// one longer (the split used for the internal reduce-scatter of an all-reduce).
-    public static func balancedRanges(count: Int, parts: Int) -> [Range<Int>] {
+    static func balancedRanges(count: Int, parts: Int) -> [Range<Int>] {
         let base = count / parts, extra = count % parts
         var start = 0
         return (0..<parts).map { p in
@@ -55,7 +48,7 @@ public enum Layout {
     }
 
     /// Offsets of consecutive blocks of the given sizes (`[0, s0, s0+s1, ...]`, one per block).
-    public static func offsets(of sizes: [Int]) -> [Int] {
+    static func offsets(of sizes: [Int]) -> [Int] {
         var acc = 0
         return sizes.map { s in defer { acc += s }; return acc }
     }
@@ -69,18 +62,18 @@ public enum Layout {
     /// receives `[B, seq[r], ΣH, D]`:
     /// `out[b, t, headStart[j] + h, d] = in_j[b, seqStart[r] + t, h, d]`.
     /// Balanced splits are `seq = [S/n] * n`, `heads = [H/n] * n`.
-    public struct AllToAll4D: Sendable, Equatable {
+    struct AllToAll4D: Sendable, Equatable {
         /// `true` for `(scatter 2, gather 1)` (heads scattered, sequence gathered).
-        public var scatterHeads: Bool
-        public var batch: Int
+        var scatterHeads: Bool
+        var batch: Int
         /// Sequence length held by each rank on the sequence-sharded side.
-        public var seq: [Int]
+        var seq: [Int]
         /// Heads held by each rank on the head-sharded side.
-        public var heads: [Int]
-        public var headDim: Int
-        public var elementSize: Int
+        var heads: [Int]
+        var headDim: Int
+        var elementSize: Int
 
-        public init(scatterHeads: Bool, batch: Int, seq: [Int], heads: [Int], headDim: Int, elementSize: Int) {
+        init(scatterHeads: Bool, batch: Int, seq: [Int], heads: [Int], headDim: Int, elementSize: Int) {
             self.scatterHeads = scatterHeads
             self.batch = batch
             self.seq = seq
@@ -93,17 +86,17 @@ public enum Layout {
         var totalHeads: Int { heads.reduce(0, +) }
 
         /// Shape of rank `r`'s input.
-        public func inputShape(rank r: Int) -> [Int] {
+        func inputShape(rank r: Int) -> [Int] {
             scatterHeads ? [batch, seq[r], totalHeads, headDim] : [batch, totalSeq, heads[r], headDim]
         }
 
         /// Shape of rank `r`'s output.
-        public func outputShape(rank r: Int) -> [Int] {
+        func outputShape(rank r: Int) -> [Int] {
             scatterHeads ? [batch, totalSeq, heads[r], headDim] : [batch, seq[r], totalHeads, headDim]
         }
 
         /// The block rank `receiver` takes from rank `sender`'s input into its own output.
-        public func copy(from sender: Int, to receiver: Int) -> StridedCopy {
+        func copy(from sender: Int, to receiver: Int) -> StridedCopy {
             let es = elementSize, d = headDim
             let seqStart = Layout.offsets(of: seq), headStart = Layout.offsets(of: heads)
             let totalH = totalHeads, totalS = totalSeq

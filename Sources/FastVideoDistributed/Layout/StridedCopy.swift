@@ -6,20 +6,20 @@
 /// Every placement the collectives need — a block of an all-gather, a head slice
 /// of an all-to-all, a chunk of a reduction — is one of these, so the index math
 /// lives here once and every transport executes the same plan.
-public struct StridedCopy: Sendable, Equatable {
-    public var srcOffset: Int
-    public var dstOffset: Int
-    public var outerCount: Int
-    public var srcOuterStride: Int
-    public var dstOuterStride: Int
-    public var innerCount: Int
-    public var srcInnerStride: Int
-    public var dstInnerStride: Int
-    public var runBytes: Int
+struct StridedCopy: Sendable, Equatable {
+    var srcOffset: Int
+    var dstOffset: Int
+    var outerCount: Int
+    var srcOuterStride: Int
+    var dstOuterStride: Int
+    var innerCount: Int
+    var srcInnerStride: Int
+    var dstInnerStride: Int
+    var runBytes: Int
 
     /// Builds a plan and merges levels that are contiguous on both sides, so that a
     /// block that is really one run is executed as one `memcpy`.
-    public init(
+    init(
         srcOffset: Int, dstOffset: Int,
         outerCount: Int, srcOuterStride: Int, dstOuterStride: Int,
         innerCount: Int, srcInnerStride: Int, dstInnerStride: Int,
@@ -38,7 +38,7 @@ public struct StridedCopy: Sendable, Equatable {
     }
 
     /// A single contiguous run.
-    public static func contiguous(srcOffset: Int, dstOffset: Int, bytes: Int) -> StridedCopy {
+    static func contiguous(srcOffset: Int, dstOffset: Int, bytes: Int) -> StridedCopy {
         StridedCopy(
             srcOffset: srcOffset, dstOffset: dstOffset,
             outerCount: 1, srcOuterStride: 0, dstOuterStride: 0,
@@ -46,7 +46,7 @@ public struct StridedCopy: Sendable, Equatable {
     }
 
     /// Bytes written by the whole plan.
-    public var totalBytes: Int { outerCount * innerCount * runBytes }
+    var totalBytes: Int { outerCount * innerCount * runBytes }
 
     private mutating func normalize() {
         if innerCount == 0 || outerCount == 0 || runBytes == 0 {
@@ -69,7 +69,7 @@ public struct StridedCopy: Sendable, Equatable {
 
     /// Calls `body(srcOffset, dstOffset, bytes)` for every run, in order.
     @inlinable
-    public func forEachRun(_ body: (Int, Int, Int) throws -> Void) rethrows {
+    func forEachRun(_ body: (Int, Int, Int) throws -> Void) rethrows {
         for o in 0..<outerCount {
             let s = srcOffset + o * srcOuterStride
             let d = dstOffset + o * dstOuterStride

@@ -18,7 +18,8 @@ final class InProcessWorldState: ChannelFactory, Sendable {
 
     init(size: Int, timeout: Double) {
         self.size = size
-        timeoutNanoseconds = UInt64(max(0, timeout) * 1e9)
+        // Beyond ~31 years (or infinity) means no deadline.
+        timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
         spin = size <= ProcessInfo.processInfo.activeProcessorCount
         exited = Mutex(Array(repeating: false, count: size))
     }
@@ -61,7 +62,7 @@ final class InProcessWorldState: ChannelFactory, Sendable {
 /// waits for before writing again.
 final class Slot: @unchecked Sendable {
     var header = CallHeader(op: "", kind: "", dtype: .uint8, shape: [], arguments: [], argumentText: "", call: -1)
-    var buffers = PeerBuffers()
+    var buffers = PeerBuffers(input: UnsafeRawPointer(bitPattern: 1)!)
 }
 
 final class InProcessGroupState: Sendable {
@@ -105,7 +106,7 @@ final class InProcessChannel: PeerMemoryChannel {
 
     func wait(_ phase: Phase, call: Int, op: String) throws {
         let target = SyncWords.target(call: call, phase: phase)
-        let deadline = DispatchTime.now().uptimeNanoseconds &+ world.timeoutNanoseconds
+        let deadline = phase == .arrived ? DispatchTime.now().uptimeNanoseconds &+ world.timeoutNanoseconds : .max
         let reached = try group.sync.wait(for: target, spin: world.spin, shared: false, deadline: deadline) {
             if let error = world.abortError { throw error }
             // Read the exits first: a rank's last posts happen before its exit mark, so a
@@ -113,6 +114,7 @@ final class InProcessChannel: PeerMemoryChannel {
             let exited = world.exitedRanks()
             let missing = group.sync.missing(below: target).map { members[$0] }
             if let gone = exited.first(where: missing.contains) {
+                if let error = world.abortError { throw error }  // it failed rather than finished
                 let error = FVDError.peerExited(rank: gone, op: op, group: label)
                 world.abort(error)
                 throw error
@@ -129,6 +131,8 @@ final class InProcessChannel: PeerMemoryChannel {
 
     func header(of i: Int) -> CallHeader { group.slots[i].header }
     func buffers(of i: Int) -> PeerBuffers { group.slots[i].buffers }
+
+    func release() { group.slots[index].buffers.storage = [] }
 
     func checkHealthy() throws {
         if let error = world.abortError { throw error }
@@ -214,17 +218,25 @@ public struct InProcessWorld: Sendable {
     }
 }
 
+/// The most threads `World.inProcess` starts.
+let maximumInProcessRanks = 1024
+
 /// Entry points that create a world of ranks.
 public enum World {
     /// A world of `size` ranks running as threads in this process.
     ///
     /// - Parameters:
     ///   - size: number of ranks, at least 1.
-    ///   - timeout: seconds a collective waits for missing ranks (default 300, like NCCL's watchdog).
-    /// - Throws: ``FVDError/invalidArgument(_:)`` for a size below 1 or a negative timeout.
+    ///   - timeout: seconds a collective waits for ranks that have not arrived (default 300,
+    ///     like NCCL's watchdog); `.infinity` waits forever.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for a size outside `1...1024` or a
+    ///   negative or NaN timeout.
     public static func inProcess(size: Int, timeout: Double = 300) throws -> InProcessWorld {
         guard size >= 1 else { throw FVDError.invalidArgument("world size must be at least 1, got \(size)") }
-        guard timeout >= 0, timeout.isFinite else {
+        guard size <= maximumInProcessRanks else {
+            throw FVDError.invalidArgument("world size \(size) is more than the \(maximumInProcessRanks) in-process ranks supported")
+        }
+        guard timeout >= 0 else {
             throw FVDError.invalidArgument("timeout must be a non-negative number of seconds, got \(timeout)")
         }
         return InProcessWorld(size: size, timeout: timeout)

@@ -17,11 +17,14 @@ struct CallHeader: Sendable, Equatable {
 
 /// A rank's buffers as its peers can address them during one collective.
 ///
-/// Invariant: the pointers stay valid from the rank's phase-0 post until every
-/// member has posted the call's final phase.
+/// Invariant: `storage` keeps the memory behind the pointers alive from the rank's
+/// phase-0 post until the channel's `release()` after every member posted `.done`. When
+/// a call ends early (abort, timeout, exit) nothing releases it, so a peer still
+/// copying from this rank never reads freed memory; the next publish replaces it.
 struct PeerBuffers: @unchecked Sendable {
-    var input: UnsafeRawPointer?
+    var input: UnsafeRawPointer
     var output: UnsafeMutableRawPointer?
+    var storage: [TensorStorage] = []
 }
 
 /// The phases of one collective call. Each is a rendezvous of the whole group.
@@ -55,6 +58,8 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     func post(_ phase: Phase, call: Int)
     /// Blocks until every member reached `phase` of `call`.
     ///
+    /// Only `.arrived` has a deadline: later phases wait for ranks that are already
+    /// inside the call, so they end when those ranks finish, fail or exit.
     /// - Throws: the world's abort error, ``FVDError/peerExited(rank:op:group:)`` for a
     ///   member that left, or ``FVDError/timeout(op:group:call:missing:seconds:)``.
     func wait(_ phase: Phase, call: Int, op: String) throws
@@ -62,6 +67,9 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     func header(of i: Int) -> CallHeader
     /// The buffers member `i` published for the current call (valid after `wait(.arrived)`).
     func buffers(of i: Int) -> PeerBuffers
+    /// Drops the references that kept this rank's buffers alive for its peers
+    /// (after every member posted `.done` of the current call).
+    func release()
     /// Throws the world's abort error if a rank has failed, so no new call starts on a broken world.
     func checkHealthy() throws
     /// Marks the world as failed with `error` and wakes every waiter.
