@@ -192,6 +192,16 @@ struct ErrorTests {
         #expect(throws: FVDError.self) { try World.inProcess(size: 5000) }
     }
 
+    @Test("two coordinators of one group used at once on one rank: concurrentUse on every rank")
+    func concurrentUse() throws {
+        let errs = try errors(2, timeout: 10) { world in
+            let twin = try world.subgroup(name: "world", ranks: world.ranks)
+            if world.rank == 0 { #expect(twin.channel.enter()) }  // as if another thread were inside a call
+            _ = try world.allReduce(Tensor([1 as Float]))
+        }
+        #expect(errs == [.concurrentUse(group: "world [0, 1]"), .concurrentUse(group: "world [0, 1]")])
+    }
+
     @Test("invalid world arguments")
     func invalidWorld() {
         #expect(throws: FVDError.self) { try World.inProcess(size: 0) }

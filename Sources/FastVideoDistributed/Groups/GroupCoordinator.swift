@@ -1,5 +1,3 @@
-import Synchronization
-
 /// One process group as seen from one rank: FastVideo's `GroupCoordinator`.
 ///
 /// It knows the group's members and this rank's place among them, and runs the
@@ -24,7 +22,6 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
 
     let factory: any ChannelFactory
     let channel: any PeerMemoryChannel
-    private let busy = Atomic<Bool>(false)
 
     init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) {
         self.name = name
@@ -81,12 +78,12 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         _ op: String, kind: String? = nil, _ input: Tensor, arguments: [Int] = [], text: String = "",
         output: Tensor? = nil, _ body: (_ call: Int) throws -> R
     ) throws -> R {
-        guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+        guard channel.enter() else {
             let error = FVDError.concurrentUse(group: description)
             channel.abort(error)
             throw error
         }
-        defer { busy.store(false, ordering: .releasing) }
+        defer { channel.leave() }
         let call = channel.nextCall
         let header = CallHeader(
             op: op, kind: kind ?? op, dtype: input.dtype, shape: input.shape, arguments: arguments, argumentText: text, call: call)

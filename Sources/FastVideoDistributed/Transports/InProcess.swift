@@ -61,6 +61,8 @@ final class InProcessWorldState: ChannelFactory, Sendable {
 /// only between their `wait(.arrived)` and their post of `.done`, which the owner
 /// waits for before writing again.
 final class Slot: @unchecked Sendable {
+    /// Set while a call of this member is in progress, by whichever coordinator runs it.
+    let busy = Atomic<Bool>(false)
     var header = CallHeader(op: "", kind: "", dtype: .uint8, shape: [], arguments: [], argumentText: "", call: -1)
     var buffers = PeerBuffers(input: UnsafeRawPointer(bitPattern: 1)!)
 }
@@ -133,6 +135,12 @@ final class InProcessChannel: PeerMemoryChannel {
     func buffers(of i: Int) -> PeerBuffers { group.slots[i].buffers }
 
     func release() { group.slots[index].buffers.storage = [] }
+
+    func enter() -> Bool {
+        group.slots[index].busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+    }
+
+    func leave() { group.slots[index].busy.store(false, ordering: .releasing) }
 
     func checkHealthy() throws {
         if let error = world.abortError { throw error }

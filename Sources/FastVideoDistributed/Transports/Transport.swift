@@ -67,6 +67,11 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     func header(of i: Int) -> CallHeader
     /// The buffers member `i` published for the current call (valid after `wait(.arrived)`).
     func buffers(of i: Int) -> PeerBuffers
+    /// Claims this rank's endpoint for one call; `false` if another thread holds it
+    /// (two coordinators of the same group used at once).
+    func enter() -> Bool
+    /// Ends the claim of `enter()`.
+    func leave()
     /// Drops the references that kept this rank's buffers alive for its peers
     /// (after every member posted `.done` of the current call).
     func release()
