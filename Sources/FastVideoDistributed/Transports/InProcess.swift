@@ -108,7 +108,8 @@ final class InProcessChannel: PeerMemoryChannel {
 
     func wait(_ phase: Phase, call: Int, op: String) throws {
         let target = SyncWords.target(call: call, phase: phase)
-        let deadline = phase == .arrived ? DispatchTime.now().uptimeNanoseconds &+ world.timeoutNanoseconds : .max
+        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(world.timeoutNanoseconds)
+        let deadline = phase == .arrived && !overflow ? sum : .max
         let reached = try group.sync.wait(for: target, spin: world.spin, shared: false, deadline: deadline) {
             if let error = world.abortError { throw error }
             // Read the exits first: a rank's last posts happen before its exit mark, so a
