@@ -9,6 +9,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // `swift package generate-documentation` (the DocC catalog in Sources/FastVideoDistributed).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Thin C shims: futex, atomics on raw memory, streaming-store copy. Nothing clever in C.
@@ -33,7 +35,8 @@ let package = Package(
         ),
         .testTarget(
             name: "FVDCommandLineTests",
-            dependencies: ["FVDCommandLine", "FastVideoDistributed"]
+            dependencies: ["FVDCommandLine", "FastVideoDistributed"],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v6]

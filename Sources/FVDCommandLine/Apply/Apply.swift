@@ -1,0 +1,183 @@
+import FastVideoDistributed
+import Foundation
+
+/// One of the four seed operations, under FastVideo's snake_case name.
+public enum ApplyOperation: String, CaseIterable, Sendable {
+    case tensorModelParallelAllReduce = "tensor_model_parallel_all_reduce"
+    case tensorModelParallelAllGather = "tensor_model_parallel_all_gather"
+    case sequenceModelParallelAllGather = "sequence_model_parallel_all_gather"
+    case sequenceModelParallelAllToAll4D = "sequence_model_parallel_all_to_all_4D"
+
+    /// Whether the operation runs on the tensor-parallel group (else the sequence-parallel one).
+    var usesTensorParallelGroup: Bool {
+        self == .tensorModelParallelAllReduce || self == .tensorModelParallelAllGather
+    }
+}
+
+/// Settings of one `fvd apply` run. Unset options take FastVideo's defaults.
+public struct ApplyConfiguration: Sendable {
+    public var operation: ApplyOperation
+    public var worldSize: Int
+    /// Tensor-parallel size; `nil` means `worldSize` for a TP operation and 1 otherwise.
+    public var tensorParallel: Int?
+    /// Sequence-parallel size; `nil` means `worldSize` for an SP operation and 1 otherwise.
+    public var sequenceParallel: Int?
+    /// All-gather dimension (default -1). Only for the all-gathers.
+    public var dim: Int?
+    /// All-to-all dimensions (default 2 and 1). Only for the all-to-all.
+    public var scatterDim: Int?
+    public var gatherDim: Int?
+    /// Reduction (default sum). Only for the all-reduce.
+    public var reduceOp: ReduceOp?
+    public var inputDirectory: String
+    public var outputDirectory: String
+    /// Seconds a collective waits for its peers.
+    public var timeout: Double = 60
+
+    public init(operation: ApplyOperation, worldSize: Int, inputDirectory: String, outputDirectory: String) {
+        self.operation = operation
+        self.worldSize = worldSize
+        self.inputDirectory = inputDirectory
+        self.outputDirectory = outputDirectory
+    }
+
+    /// The group layout with the defaults filled in.
+    public func layout() throws -> GroupLayout {
+        let tp = tensorParallel ?? (operation.usesTensorParallelGroup ? worldSize : 1)
+        let sp = sequenceParallel ?? (operation.usesTensorParallelGroup ? 1 : worldSize)
+        return try GroupLayout(worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp)
+    }
+
+    /// Throws when an option is given that the operation does not take.
+    func checkOptions() throws {
+        let name = operation.rawValue
+        if dim != nil, operation == .tensorModelParallelAllReduce || operation == .sequenceModelParallelAllToAll4D {
+            throw FVDError.invalidArgument("\(name) takes no --dim (use --scatter-dim/--gather-dim for the all-to-all)")
+        }
+        if scatterDim != nil || gatherDim != nil, operation != .sequenceModelParallelAllToAll4D {
+            throw FVDError.invalidArgument("\(name) takes no --scatter-dim/--gather-dim")
+        }
+        if reduceOp != nil, operation != .tensorModelParallelAllReduce {
+            throw FVDError.invalidArgument("\(name) takes no --op (only the all-reduce does)")
+        }
+    }
+}
+
+/// A rank's tensor file: which format it came in, so the output goes out the same way.
+struct RankFile: Sendable {
+    enum Format: Sendable {
+        case npy
+        /// The first tensor's name and the file's metadata, kept for the output.
+        case safetensors(name: String, metadata: [String: String])
+    }
+    var format: Format
+    var tensor: Tensor
+
+    /// The file name for `rank` in this format.
+    static func fileName(rank: Int, npy: Bool) -> String { "rank\(rank).\(npy ? "npy" : "safetensors")" }
+
+    /// Reads `directory/rank{rank}.npy` or, if that is absent, `rank{rank}.safetensors` (first tensor).
+    static func read(directory: String, rank: Int) throws -> RankFile {
+        let npyPath = (directory as NSString).appendingPathComponent(fileName(rank: rank, npy: true))
+        let stPath = (directory as NSString).appendingPathComponent(fileName(rank: rank, npy: false))
+        let fm = FileManager.default
+        switch (fm.fileExists(atPath: npyPath), fm.fileExists(atPath: stPath)) {
+        case (true, true):
+            throw FVDError.invalidArgument("rank \(rank) has two input files, \(npyPath) and \(stPath); keep one")
+        case (true, false):
+            return RankFile(format: .npy, tensor: try Tensor.readNPY(at: npyPath))
+        case (false, true):
+            let file = try SafeTensorsFile.read(at: stPath)
+            guard let first = file.tensors.first else {
+                throw FVDError.file(path: stPath, problem: "contains no tensors")
+            }
+            return RankFile(format: .safetensors(name: first.name, metadata: file.metadata), tensor: first.tensor)
+        case (false, false):
+            throw FVDError.file(path: npyPath, problem: "missing input for rank \(rank) (no rank\(rank).npy or rank\(rank).safetensors)")
+        }
+    }
+
+    /// Writes `tensor` to `directory/rank{rank}.<this file's extension>` in this file's format
+    /// (atomically, synced), and returns the file name.
+    func write(_ tensor: Tensor, rank: Int, into directory: String) throws -> String {
+        let name: String
+        switch format {
+        case .npy:
+            name = Self.fileName(rank: rank, npy: true)
+            try tensor.writeNPY(to: (directory as NSString).appendingPathComponent(name))
+        case let .safetensors(tensorName, metadata):
+            name = Self.fileName(rank: rank, npy: false)
+            try SafeTensorsFile(tensors: [(name: tensorName, tensor: tensor)], metadata: metadata)
+                .write(to: (directory as NSString).appendingPathComponent(name))
+        }
+        return name
+    }
+}
+
+/// Runs `config.operation` on `worldSize` in-process ranks over the rank files in
+/// `inputDirectory` and writes each rank's result to `outputDirectory/rank{r}.<same extension>`.
+///
+/// Every output is first written to a staging folder inside `outputDirectory` and moved
+/// into place only after all of them were written, so a failure leaves no partial result.
+/// - Returns: the paths written, in rank order.
+public func runApply(_ config: ApplyConfiguration) throws -> [String] {
+    try config.checkOptions()
+    let layout = try config.layout()
+    let world = try World.inProcess(size: config.worldSize, timeout: config.timeout)
+    let files = try (0..<config.worldSize).map { try RankFile.read(directory: config.inputDirectory, rank: $0) }
+    let inputs = files.map(\.tensor)
+    let outputs = try world.run { group -> Tensor in
+        let state = try ParallelState(
+            world: group, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)
+        let x = inputs[group.rank]
+        switch config.operation {
+        case .tensorModelParallelAllReduce:
+            return try state.tensorModelParallelAllReduce(x, op: config.reduceOp ?? .sum)
+        case .tensorModelParallelAllGather:
+            return try state.tensorModelParallelAllGather(x, dim: config.dim ?? -1)
+        case .sequenceModelParallelAllGather:
+            return try state.sequenceModelParallelAllGather(x, dim: config.dim ?? -1)
+        case .sequenceModelParallelAllToAll4D:
+            return try state.sequenceModelParallelAllToAll4D(
+                x, scatterDim: config.scatterDim ?? 2, gatherDim: config.gatherDim ?? 1)
+        }
+    }
+    return try writeAllOrNothing(into: config.outputDirectory) { staging in
+        try zip(files, outputs).enumerated().map { rank, pair in try pair.0.write(pair.1, rank: rank, into: staging) }
+    }
+}
+
+/// Writes a set of files into `directory`, all or none: `write` puts them in a staging
+/// folder inside `directory` and returns their names; they are renamed into place only
+/// after every one was written. The staging folder is removed on every path.
+/// - Returns: the final paths.
+func writeAllOrNothing(into directory: String, _ write: (_ staging: String) throws -> [String]) throws -> [String] {
+    let fm = FileManager.default
+    do {
+        try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    } catch {
+        throw FVDError.file(path: directory, problem: "cannot create the output folder: \(error.localizedDescription)")
+    }
+    let staging = (directory as NSString).appendingPathComponent(".fvd-staging-\(getpid())-\(UUID().uuidString.prefix(8))")
+    do {
+        try fm.createDirectory(atPath: staging, withIntermediateDirectories: false)
+    } catch {
+        throw FVDError.file(path: directory, problem: "cannot write in the output folder: \(error.localizedDescription)")
+    }
+    defer { try? fm.removeItem(atPath: staging) }
+    let names = try write(staging)
+    for name in names {
+        var isDirectory: ObjCBool = false
+        let final = (directory as NSString).appendingPathComponent(name)
+        if fm.fileExists(atPath: final, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw FVDError.file(path: final, problem: "is a directory; cannot replace it with an output file")
+        }
+    }
+    return try names.map { name in
+        let final = (directory as NSString).appendingPathComponent(name)
+        guard rename((staging as NSString).appendingPathComponent(name), final) == 0 else {
+            throw FVDError.file(path: final, problem: "cannot move into place: \(String(cString: strerror(errno)))")
+        }
+        return final
+    }
+}

@@ -1,0 +1,91 @@
+import ArgumentParser
+import FastVideoDistributed
+import Foundation
+
+/// `fvd apply`: runs one seed operation on rank files, the interface other implementations are compared through.
+struct ApplyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "Run one of FastVideo's four operations on DIR/rank{r}.npy files and write OUTDIR/rank{r}.npy.",
+        discussion: """
+            OP is one of \(ApplyOperation.allCases.map(\.rawValue).joined(separator: ", ")). \
+            Every rank r < W reads INPUTS/rank{r}.npy, or INPUTS/rank{r}.safetensors (its first tensor), and \
+            writes OUTPUTS/rank{r} in the same format and dtype. The TP operations default to --tp W, the SP \
+            ones to --sp W; --dim defaults to -1, the all-to-all to --scatter-dim 2 --gather-dim 1, the \
+            all-reduce to --op sum (FastVideo's defaults). Outputs appear all together or not at all.
+            """
+    )
+
+    @Argument(help: "The operation, by FastVideo's name.")
+    var operation: String
+
+    @Option(help: "Number of in-process ranks (one input file each).")
+    var worldSize: Int
+
+    @Option(help: "Tensor-parallel size (default: W for the TP operations, else 1).")
+    var tp: Int?
+
+    @Option(help: "Sequence-parallel size (default: W for the SP operations, else 1).")
+    var sp: Int?
+
+    @Option(parsing: .unconditional, help: "All-gather dimension (default -1).")
+    var dim: Int?
+
+    @Option(parsing: .unconditional, help: "All-to-all scattered dimension (default 2).")
+    var scatterDim: Int?
+
+    @Option(parsing: .unconditional, help: "All-to-all gathered dimension (default 1).")
+    var gatherDim: Int?
+
+    @Option(help: "All-reduce operation: sum, product, max, min or average (default sum).")
+    var op: String?
+
+    @Option(help: "Folder with rank{r}.npy or rank{r}.safetensors for every rank.")
+    var inputs: String
+
+    @Option(help: "Folder for the outputs (created if missing).")
+    var outputs: String
+
+    @Option(help: "How ranks talk; only 'inprocess' is built so far.")
+    var transport: String = "inprocess"
+
+    @Option(help: "Seconds a collective waits for missing ranks.")
+    var timeout: Double = 60
+
+    func run() throws {
+        do {
+            try checkTransport(transport)
+            guard let operation = ApplyOperation(rawValue: operation) else {
+                throw FVDError.invalidArgument(
+                    "unknown operation '\(self.operation)'; use one of \(ApplyOperation.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            var config = ApplyConfiguration(operation: operation, worldSize: worldSize, inputDirectory: inputs, outputDirectory: outputs)
+            config.tensorParallel = tp
+            config.sequenceParallel = sp
+            config.dim = dim
+            config.scatterDim = scatterDim
+            config.gatherDim = gatherDim
+            config.timeout = timeout
+            if let op {
+                guard let reduceOp = ReduceOp(rawValue: op) else {
+                    throw FVDError.invalidArgument(
+                        "unknown --op '\(op)'; use one of \(ReduceOp.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                config.reduceOp = reduceOp
+            }
+            let paths = try runApply(config)
+            print("\(operation.rawValue): wrote \(paths.count) file\(paths.count == 1 ? "" : "s") to \(outputs)")
+        } catch let error as FVDError {
+            printError(error)
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// Throws unless `name` is a transport this build can run.
+func checkTransport(_ name: String) throws {
+    guard name == "inprocess" else {
+        throw FVDError.invalidArgument(
+            "transport '\(name)' is not available in this build; use 'inprocess' (shared memory and MPI are not built yet)")
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+
+/// What a finished `fvd` process left behind.
+struct ProcessResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var seconds: Double
+    /// The stderr lines that are not empty.
+    var errorLines: [Substring] { stderr.split(separator: "\n") }
+}
+
+/// The `fvd` executable built beside the test bundle (`swift test` builds every product).
+func fvdExecutable() throws -> URL {
+    var directory = Bundle.main.bundleURL
+    for _ in 0..<4 {
+        let candidate = directory.appendingPathComponent("fvd")
+        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        directory.deleteLastPathComponent()
+    }
+    Issue.record("fvd executable not found near \(Bundle.main.bundleURL.path); run `swift build` first")
+    throw CancellationError()
+}
+
+/// Runs `fvd arguments…` and returns its exit status and output; kills it and records a
+/// test failure if it runs longer than `timeout` seconds (a hang is a failure, never a wait).
+func runFVD(_ arguments: [String], timeout: Double = 60) throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = try fvdExecutable()
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    let start = Date()
+    try process.run()
+    // Read both pipes while the process runs so a full pipe cannot block it.
+    let outData = Mutexed(Data()), errData = Mutexed(Data())
+    let readers = DispatchGroup()
+    for (pipe, box) in [(out, outData), (err, errData)] {
+        readers.enter()
+        DispatchQueue.global().async {
+            box.set(pipe.fileHandleForReading.readDataToEndOfFile())
+            readers.leave()
+        }
+    }
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning, Date() < deadline { usleep(2_000) }
+    if process.isRunning {
+        process.terminate()
+        Issue.record("fvd \(arguments.joined(separator: " ")) ran longer than \(timeout) s and was killed")
+    }
+    process.waitUntilExit()
+    readers.wait()
+    return ProcessResult(
+        status: process.terminationStatus, stdout: String(decoding: outData.get(), as: UTF8.self),
+        stderr: String(decoding: errData.get(), as: UTF8.self), seconds: Date().timeIntervalSince(start))
+}
+
+/// A value shared between the reader threads and the test.
+final class Mutexed<Value>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+    init(_ value: Value) { self.value = value }
+    func set(_ v: Value) { lock.withLock { value = v } }
+    func get() -> Value { lock.withLock { value } }
+}
+
+/// A fresh empty folder under the system temporary folder, removed by the caller.
+func temporaryFolder(_ label: String) throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("fvd-\(label)-\(UUID().uuidString.prefix(8))")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+/// The names in `folder`, sorted; hidden ones included.
+func listing(_ folder: URL) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).sorted()
+}
