@@ -28,6 +28,14 @@ struct CollectiveReferenceTests {
                     let z = try state.withCurrent { try sequenceModelParallelAllGather(x, dim: dim) }
                     #expect(x == input(rank: world.rank, shape: shape, dtype: dtype, salt: salt), "input was modified")
                     results += [y, z]
+                    // In place: this rank's block sits at its position, the others hold stale data.
+                    let tp = state.tensorParallel
+                    let stale = input(rank: world.rank + 77, shape: shape, dtype: dtype, salt: salt)
+                    let before = referenceConcat(tp.ranks.map { $0 == world.rank ? x : stale }, dim: dim)
+                    var w = before
+                    try tp.allGather(inPlace: &w, dim: dim)
+                    #expect(w == y, "in-place all-gather differs, rank \(world.rank) \(dtype) \(shape) dim \(dim)")
+                    #expect(before == referenceConcat(tp.ranks.map { $0 == world.rank ? x : stale }, dim: dim), "copy-on-write")
                 }
             }
             return results
@@ -60,7 +68,12 @@ struct CollectiveReferenceTests {
                 world: world, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)
             return try cases.enumerated().map { salt, c in
                 let x = input(rank: world.rank, shape: c.0, dtype: c.1, salt: salt)
-                return try state.withCurrent { try tensorModelParallelAllReduce(x, op: c.2) }
+                let y = try state.withCurrent { try tensorModelParallelAllReduce(x, op: c.2) }
+                var z = x
+                try state.tensorParallel.allReduce(inPlace: &z, op: c.2)
+                #expect(z == y, "in-place all-reduce differs, rank \(world.rank) \(c.1) \(c.2) \(c.0)")
+                #expect(x == input(rank: world.rank, shape: c.0, dtype: c.1, salt: salt), "copy-on-write: input changed")
+                return y
             }
         }
         for rank in 0..<layout.worldSize {

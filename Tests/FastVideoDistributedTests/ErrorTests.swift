@@ -45,6 +45,22 @@ struct ErrorTests {
         #expect(errs == [expected, expected])
     }
 
+    @Test("in-place all-gather: mixing it with the out-of-place form, or an indivisible dim, throws on every rank")
+    func inPlaceAllGatherErrors() throws {
+        let mixed = try errors(2) { world in
+            var x = try Tensor(zeros: [4], dtype: .float32)
+            if world.rank == 0 { try world.allGather(inPlace: &x) } else { _ = try world.allGather(x) }
+        }
+        let expected = FVDError.operationMismatch(group: "world [0, 1]", ranks: [0, 1], operations: ["all_gather_in_place", "all_gather"])
+        #expect(mixed == [expected, expected])
+        let indivisible = try errors(3) { world in
+            var x = try Tensor(zeros: [2, 4], dtype: .float32)
+            try world.allGather(inPlace: &x, dim: 1)
+        }
+        let e = FVDError.indivisible(op: "all_gather_in_place", dim: 1, size: 4, parts: 3)
+        #expect(indivisible == [e, e, e])
+    }
+
     @Test("different arguments (dim, reduce op) on one rank")
     func argumentMismatch() throws {
         let errs = try errors(2) { world in

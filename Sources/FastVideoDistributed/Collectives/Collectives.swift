@@ -14,12 +14,39 @@ extension GroupCoordinator {
     /// - Complexity: reads the input once and writes it once per rank (reduce-scatter in
     ///   rank order, then all-gather of the reduced chunks).
     public func allReduce(_ input: Tensor, op: ReduceOp = .sum) throws -> Tensor {
-        let name = "all_reduce"
         if size == 1 {
-            try validateReduction(op, dtype: input.dtype, opName: name)
+            try validateReduction(op, dtype: input.dtype, opName: "all_reduce")
             return input
         }
         let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
+        try reduceAndShare(input, op: op, into: output)
+        return output
+    }
+
+    /// In-place all-reduce, like `torch.distributed.all_reduce(tensor)`: `tensor` is
+    /// replaced by the elementwise reduction over the group.
+    ///
+    /// The same bits as ``allReduce(_:op:)`` (which ranks may mix with this one in one
+    /// call), without allocating an output. If `tensor` shares storage with another
+    /// value, it is copied first (copy-on-write); the other value is untouched.
+    /// - Throws: the errors of ``allReduce(_:op:)``. Argument and mismatch errors leave
+    ///   `tensor` unchanged; after ``FVDError/peerFailed(rank:message:)`` or a timeout
+    ///   its contents are unspecified (as with NCCL).
+    public func allReduce(inPlace tensor: inout Tensor, op: ReduceOp = .sum) throws {
+        if size == 1 {
+            try validateReduction(op, dtype: tensor.dtype, opName: "all_reduce")
+            return
+        }
+        tensor.makeUnique()
+        try reduceAndShare(tensor, op: op, into: tensor)
+    }
+
+    /// The all-reduce: each rank reduces its balanced chunk from every member's input in
+    /// rank order into `output`, then copies the other chunks from their owners' outputs.
+    /// `output` may be `input` itself: a rank writes only its own chunk while peers read
+    /// theirs, and copies peers' chunks only after every rank has reduced.
+    private func reduceAndShare(_ input: Tensor, op: ReduceOp, into output: Tensor) throws {
+        let name = "all_reduce"
         let es = input.dtype.byteSize
         try collective(name, input, arguments: [op.code], text: "op=\(op)", output: output) { call in
             try validateReduction(op, dtype: input.dtype, opName: name)
@@ -41,7 +68,6 @@ extension GroupCoordinator {
                 execute(plan, from: channel.buffers(of: j).output!, to: output.storage.pointer, streaming: false)
             }
         }
-        return output
     }
 
     /// Concatenates every rank's tensor along `dim`, in group-rank order.
@@ -63,6 +89,37 @@ extension GroupCoordinator {
         return try collective(op, kind: "all_gather", input, arguments: [dimKey(dim, input.rank)], text: "dim=\(dim)") { _ in
             let d = try Layout.normalize(dim: dim, ndim: input.rank, op: op)
             return concatenateMembers(input, dim: d)
+        }
+    }
+
+    /// In-place all-gather (nccl-tests' "in-place"): `tensor` holds the whole result's
+    /// shape, with this rank's block already at block position `rankInGroup` along `dim`;
+    /// the other blocks are filled from the peers.
+    ///
+    /// With `n` ranks, `tensor.shape[dim]` must divide by `n` and block `r` is
+    /// entries `r·(L/n) ..< (r+1)·(L/n)`. Ranks copy straight from each other's tensors,
+    /// so no output is allocated and a rank's own block is never copied. All ranks must
+    /// call this form (mixing it with ``allGather(_:dim:)`` is an operation mismatch).
+    /// - Throws: ``FVDError/indivisible(op:dim:size:parts:)``, ``FVDError/invalidDimension(op:dim:ndim:)``
+    ///   and the mismatch errors, on every rank, before any data moves.
+    public func allGather(inPlace tensor: inout Tensor, dim: Int = -1) throws {
+        let name = "all_gather_in_place"
+        if size == 1 {
+            _ = try Layout.normalize(dim: dim, ndim: tensor.rank, op: name)
+            return
+        }
+        tensor.makeUnique()
+        let target = tensor
+        try collective(name, target, arguments: [dimKey(dim, target.rank)], text: "dim=\(dim)") { _ in
+            let d = try Layout.normalize(dim: dim, ndim: target.rank, op: name)
+            let (outer, total, inner) = Layout.split(target.shape, at: d)
+            guard total % size == 0 else { throw FVDError.indivisible(op: name, dim: d, size: total, parts: size) }
+            let part = total / size
+            pullFromEveryMember(channel, into: target.storage.pointer, totalBytes: target.byteCount) { j in
+                Layout.slab(
+                    outer: outer, innerBytes: inner * target.dtype.byteSize, srcSize: total, srcStart: j * part,
+                    dstSize: total, dstStart: j * part, length: j == rankInGroup ? 0 : part)
+            }
         }
     }
 

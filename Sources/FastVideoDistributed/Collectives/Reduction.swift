@@ -17,7 +17,9 @@ public enum ReduceOp: String, Sendable, CaseIterable, Codable, CustomStringConve
 
 /// Reduces `count` elements from each of `sources` (in order) into `destination`.
 ///
-/// `destination` may alias none of the sources. `groupSize` is the divisor of `average`.
+/// `destination` may be one of the sources exactly (same address; each tile is read from
+/// every source before it is written), but must not partly overlap any. `groupSize` is the
+/// divisor of `average`.
 func reduceElements(
     _ op: ReduceOp, dtype: DType, into destination: UnsafeMutableRawPointer,
     from sources: [UnsafeRawPointer], count: Int, groupSize: Int

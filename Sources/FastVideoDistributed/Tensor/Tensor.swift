@@ -188,9 +188,14 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
         try body(UnsafeRawBufferPointer(start: storage.pointer, count: byteCount))
     }
 
+    /// Gives this value its own storage if it shares it (copy-on-write), before a write.
+    mutating func makeUnique() {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+    }
+
     /// Calls `body` with writable raw bytes, copying the storage first if it is shared.
     public mutating func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
-        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        makeUnique()
         return try body(UnsafeMutableRawBufferPointer(start: storage.pointer, count: byteCount))
     }
 
