@@ -75,10 +75,24 @@ enum StoragePool {
         }?.pointer
     }
 
-    /// Keeps `pointer` for reuse; `false` if the cache is full (the caller frees it).
+    /// Keeps `pointer` for reuse; `false` if it cannot be cached (the caller frees it).
+    ///
+    /// When the cache is full, buffers of *other* sizes are freed to make room: the
+    /// size just released is the one a loop of equal calls needs next, while a cache
+    /// full of sizes from earlier work would make every new allocation fault in again.
     static func give(_ pointer: UnsafeMutableRawPointer, capacity: Int) -> Bool {
         guard capacity >= minimumBytes, capacity <= limitBytes else { return false }
+        var evicted: [Buffer] = []
+        defer { for buffer in evicted { buffer.pointer.deallocate() } }
         return cache.withLock { state in
+            while state.bytes + capacity > limitBytes,
+                let size = state.free.first(where: { $0.key != capacity && !$0.value.isEmpty })?.key,
+                let victim = state.free[size]?.popLast()
+            {
+                if state.free[size]?.isEmpty == true { state.free[size] = nil }
+                state.bytes -= size
+                evicted.append(victim)
+            }
             guard state.bytes + capacity <= limitBytes else { return false }
             state.free[capacity, default: []].append(Buffer(pointer: pointer))
             state.bytes += capacity
