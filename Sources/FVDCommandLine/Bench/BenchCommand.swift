@@ -9,17 +9,21 @@ struct BenchCommand: ParsableCommand {
         abstract: "Time the collectives over a range of sizes (nccl-tests style) beside memcpy of the same bytes.",
         discussion: """
             Sizes (-b, -e) are bytes of each rank's input. Columns follow nccl-tests: size (all_gather: the \
-            gathered output), count, dtype, median time, algbw = size / time and busbw = algbw × the op's bus \
-            factor (all_reduce 2(n-1)/n, the others (n-1)/n). 'memcpy' is the bandwidth of every rank copying \
-            its copy-model bytes at once in the same run, and 'model%' the collective's time as a percentage \
-            of that copy (100% = as fast as a perfect implementation on this host). Build with -c release.
+            gathered output), count, dtype, then for the out-of-place and the in-place form (all_reduce and \
+            all_gather have one) the median time, algbw = size / time and busbw = algbw × the op's bus factor \
+            (all_reduce 2(n-1)/n, the others (n-1)/n). 'model%' is the time of memcpy of the op's copy-model \
+            bytes on every rank at once, measured in the same run, as a percentage of the collective's time \
+            (100% = as fast as a perfect implementation on this host); 'memcpy' is that copy's bandwidth. \
+            --json, --csv and --plot (.svg or .html) write the results to files. Build with -c release.
             """
     )
 
     @Option(help: "all_reduce, all_gather, reduce_scatter, all_to_all_4d or all.")
     var op: String = "all"
-    @Option(name: .customLong("world-size"), help: "Number of in-process ranks.")
+    @Option(name: .customLong("world-size"), help: "Number of ranks.")
     var worldSize: Int = 2
+    @Option(help: "How ranks talk; only 'inprocess' is built so far.")
+    var transport: String = "inprocess"
     @Option(help: "Element type.")
     var dtype: String = "float32"
     @Option(name: .customShort("b"), help: "Smallest per-rank size in bytes (K, M, G suffixes).")
@@ -32,60 +36,95 @@ struct BenchCommand: ParsableCommand {
     var warmup: Int = 5
     @Option(help: "Timed iterations; the median is reported.")
     var iters: Int = 20
+    @Option(help: "Write the results as JSON to this file (schema fvd-bench/1).")
+    var json: String?
+    @Option(help: "Write the results as CSV to this file.")
+    var csv: String?
+    @Option(help: "Write a plot of busbw vs size to this file: FILE.svg or FILE.html.")
+    var plot: String?
 
     func run() throws {
         do {
-            var config = BenchConfiguration()
-            config.worldSize = worldSize
-            guard let d = DType(name: dtype) else { throw FVDError.invalidArgument("unknown dtype '\(dtype)'") }
-            config.dtype = d
-            config.minBytes = try parseByteSize(minBytes)
-            config.maxBytes = try parseByteSize(maxBytes)
-            config.factor = factor
-            config.warmup = warmup
-            config.iterations = iters
-            if op != "all" {
-                guard let o = BenchOperation(rawValue: op) else {
-                    throw FVDError.invalidArgument(
-                        "unknown op '\(op)'; use one of \(BenchOperation.allCases.map(\.rawValue).joined(separator: ", ")) or all")
-                }
-                config.operations = [o]
+            let config = try configuration()
+            try config.validate()
+            try checkTransport(transport)
+            if let plot, !(plot.hasSuffix(".svg") || plot.hasSuffix(".html")) {
+                throw FVDError.invalidArgument("--plot \(plot): the file name must end in .svg or .html")
             }
-            let interactive = isatty(STDERR_FILENO) != 0
-            print("# fvd bench: in-process transport, world size \(worldSize), \(d), median of \(iters) iterations after \(warmup) warmup")
-            print(BenchTable.header)
-            let rows = try runBenchmark(config) { message in
-                if interactive { FileHandle.standardError.write(Data("\r\u{1B}[K  running \(message)...".utf8)) }
-            }
-            if interactive { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-            for row in rows { print(BenchTable.line(row)) }
-            let average = rows.map(\.busBandwidth).reduce(0, +) / Double(max(rows.count, 1))
-            print("# Avg bus bandwidth    : \(String(format: "%.3f", average)) GB/s")
+            print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
+                + "median of \(iters) iterations after \(warmup) warmup")
+            print(BenchReport.tableHeader)
+            let progress = ProgressLine()
+            let report = try runBenchmark(config) { done, total, what in progress.show("[\(done + 1)/\(total)] \(what)") }
+            progress.clear()
+            for row in report.rows { print(BenchReport.tableLine(row)) }
+            print(report.averageLine)
+            try writeOutputs(report)
         } catch let error as FVDError {
             printError(error)
             throw ExitCode.failure
         }
     }
-}
 
-/// Formatting of the nccl-tests-style table.
-enum BenchTable {
-    static let header = [
-        pad("size", 12), pad("count", 11), pad("type", 9), pad("op", 15), pad("time(us)", 11),
-        pad("algbw(GB/s)", 12), pad("busbw(GB/s)", 12), pad("memcpy(GB/s)", 13), pad("model%", 8),
-    ].joined()
-
-    static func line(_ r: BenchRow) -> String {
-        [
-            pad("\(r.bytes)", 12), pad("\(r.count)", 11), pad(r.dtype.rawValue, 9), pad(r.op.rawValue, 15),
-            pad(String(format: "%.1f", r.medianMicroseconds), 11), pad(String(format: "%.2f", r.algorithmBandwidth), 12),
-            pad(String(format: "%.2f", r.busBandwidth), 12), pad(String(format: "%.2f", r.memcpyBandwidth), 13),
-            pad(String(format: "%.0f", r.percentOfCopyModel), 8),
-        ].joined()
+    /// The benchmark settings from the options.
+    private func configuration() throws -> BenchConfiguration {
+        var config = BenchConfiguration()
+        config.worldSize = worldSize
+        guard let d = DType(name: dtype) else {
+            throw FVDError.invalidArgument("unknown dtype '\(dtype)'; use one of \(DType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        config.dtype = d
+        config.minBytes = try parseByteSize(minBytes)
+        config.maxBytes = try parseByteSize(maxBytes)
+        config.factor = factor
+        config.warmup = warmup
+        config.iterations = iters
+        if op != "all" {
+            guard let o = BenchOperation(rawValue: op) else {
+                throw FVDError.invalidArgument(
+                    "unknown op '\(op)'; use one of \(BenchOperation.allCases.map(\.rawValue).joined(separator: ", ")) or all")
+            }
+            config.operations = [o]
+        }
+        return config
     }
 
-    private static func pad(_ s: String, _ width: Int) -> String {
-        String(repeating: " ", count: max(1, width - s.count)) + s
+    /// Writes the --json, --csv and --plot files, each atomically.
+    private func writeOutputs(_ report: BenchReport) throws {
+        if let json { try writeAtomically(try report.json(), to: json) }
+        if let csv { try writeAtomically(Data(report.csv().utf8), to: csv) }
+        if let plot {
+            let (title, subtitle) = report.plotTitles
+            let series = report.plotSeries()
+            let text = plot.hasSuffix(".html")
+                ? BenchPlot.html(title: title, subtitle: subtitle, series: series)
+                : BenchPlot.svg(title: title, subtitle: subtitle, series: series)
+            try writeAtomically(Data(text.utf8), to: plot)
+        }
+    }
+}
+
+/// A one-line progress display on stderr, only when stderr is a terminal.
+final class ProgressLine {
+    private let enabled = isatty(STDERR_FILENO) != 0
+
+    /// Replaces the line with `text`.
+    func show(_ text: String) {
+        if enabled { FileHandle.standardError.write(Data("\r\u{1B}[K  running \(text)...".utf8)) }
+    }
+
+    /// Erases the line.
+    func clear() {
+        if enabled { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+    }
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename.
+func writeAtomically(_ data: Data, to path: String) throws {
+    do {
+        try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+    } catch {
+        throw FVDError.file(path: path, problem: "cannot write: \(error.localizedDescription)")
     }
 }
 

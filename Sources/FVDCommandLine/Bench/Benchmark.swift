@@ -20,6 +20,9 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
         self == .allGather ? inputBytes * n : inputBytes
     }
 
+    /// Whether the library has an in-place form (all-reduce and all-gather, as in torch and NCCL).
+    var hasInPlaceForm: Bool { self == .allReduce || self == .allGather }
+
     /// Bytes a perfect implementation must copy per rank (the copy model of the team's
     /// performance notes, `shared/PERFORMANCE.md`):
     /// all-gather writes `n × in`; all-to-all writes `in`; all-reduce writes `in/n` in its
@@ -33,24 +36,118 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
     }
 }
 
-/// One row of `fvd bench`: one operation at one size.
-public struct BenchRow: Sendable, Codable {
-    public var op: BenchOperation
-    /// Bytes of each rank's input.
-    public var inputBytes: Int
-    /// nccl-tests' size column (all-gather: the gathered output).
-    public var bytes: Int
-    public var count: Int
-    public var dtype: DType
+/// The timing of one placement (out-of-place or in-place) of one row.
+public struct BenchTiming: Sendable, Codable, Equatable {
+    /// Median, fastest and slowest iteration, in microseconds (rank 0's clock).
     public var medianMicroseconds: Double
     public var minMicroseconds: Double
     public var maxMicroseconds: Double
+    /// nccl-tests' algbw: the row's `bytes` / median time, in GB/s (10^9 bytes per second).
     public var algorithmBandwidth: Double
+    /// nccl-tests' busbw: algbw × the op's bus factor, in GB/s.
     public var busBandwidth: Double
-    /// Bandwidth of `memcpy` of the copy-model bytes on every rank at once, in the same run.
-    public var memcpyBandwidth: Double
-    /// The collective's time as a percentage of the memcpy time of its copy-model bytes.
+    /// The memcpy time of the copy-model bytes as a percentage of the median time
+    /// (100 = as fast as a perfect implementation on this host).
     public var percentOfCopyModel: Double
+
+    enum CodingKeys: String, CodingKey {
+        case medianMicroseconds = "time_us"
+        case minMicroseconds = "time_us_min"
+        case maxMicroseconds = "time_us_max"
+        case algorithmBandwidth = "algbw_gbps"
+        case busBandwidth = "busbw_gbps"
+        case percentOfCopyModel = "percent_of_copy_model"
+    }
+}
+
+/// One row of `fvd bench`: one operation at one size.
+public struct BenchRow: Sendable, Codable, Equatable {
+    public var op: BenchOperation
+    /// nccl-tests' size column in bytes (all-gather: the gathered output, else each rank's input).
+    public var bytes: Int
+    /// Bytes of each rank's input.
+    public var inputBytes: Int
+    /// Elements of each rank's input.
+    public var count: Int
+    public var dtype: DType
+    /// The collective returning a new tensor.
+    public var outOfPlace: BenchTiming
+    /// The in-place form (`allReduce(inPlace:)`, `allGather(inPlace:)`); `nil` for the
+    /// operations that have none.
+    public var inPlace: BenchTiming?
+    /// Bytes a perfect implementation copies per rank (see ``BenchOperation``).
+    public var copyModelBytes: Int
+    /// Bandwidth of `memcpy` of the copy-model bytes on every rank at once, in the same run, GB/s.
+    public var memcpyBandwidth: Double
+
+    enum CodingKeys: String, CodingKey {
+        case op, count, dtype
+        case bytes = "size_bytes"
+        case inputBytes = "input_bytes"
+        case outOfPlace = "out_of_place"
+        case inPlace = "in_place"
+        case copyModelBytes = "copy_model_bytes"
+        case memcpyBandwidth = "memcpy_gbps"
+    }
+
+    /// Every bus bandwidth of the row (out-of-place, then in-place when measured).
+    var busBandwidths: [Double] { [outOfPlace.busBandwidth] + (inPlace.map { [$0.busBandwidth] } ?? []) }
+}
+
+/// A whole `fvd bench` run: its settings and rows; the `--json` document.
+public struct BenchReport: Sendable, Codable, Equatable {
+    /// `fvd-bench/1`; changes only when a key changes meaning or disappears.
+    public var schema = "fvd-bench/1"
+    public var transport: String
+    public var worldSize: Int
+    public var dtype: DType
+    public var warmup: Int
+    public var iterations: Int
+    public var rows: [BenchRow]
+
+    enum CodingKeys: String, CodingKey {
+        case schema, transport, dtype, warmup, iterations, rows
+        case worldSize = "world_size"
+        case averageBusBandwidth = "avg_busbw_gbps"
+    }
+
+    public init(transport: String, worldSize: Int, dtype: DType, warmup: Int, iterations: Int, rows: [BenchRow]) {
+        self.transport = transport
+        self.worldSize = worldSize
+        self.dtype = dtype
+        self.warmup = warmup
+        self.iterations = iterations
+        self.rows = rows
+    }
+
+    /// nccl-tests' "Avg bus bandwidth": the mean of every busbw in the table, in GB/s.
+    public var averageBusBandwidth: Double {
+        let all = rows.flatMap(\.busBandwidths)
+        return all.isEmpty ? 0 : all.reduce(0, +) / Double(all.count)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        schema = try c.decode(String.self, forKey: .schema)
+        transport = try c.decode(String.self, forKey: .transport)
+        worldSize = try c.decode(Int.self, forKey: .worldSize)
+        dtype = try c.decode(DType.self, forKey: .dtype)
+        warmup = try c.decode(Int.self, forKey: .warmup)
+        iterations = try c.decode(Int.self, forKey: .iterations)
+        rows = try c.decode([BenchRow].self, forKey: .rows)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(schema, forKey: .schema)
+        try c.encode(transport, forKey: .transport)
+        try c.encode(worldSize, forKey: .worldSize)
+        try c.encode(dtype, forKey: .dtype)
+        try c.encode(warmup, forKey: .warmup)
+        try c.encode(iterations, forKey: .iterations)
+        try c.encode(rows, forKey: .rows)
+        try c.encode(averageBusBandwidth, forKey: .averageBusBandwidth)
+    }
 }
 
 /// Settings of one `fvd bench` run.
@@ -64,6 +161,18 @@ public struct BenchConfiguration: Sendable {
     public var warmup = 5
     public var iterations = 20
     public init() {}
+
+    /// Throws ``FVDError/invalidArgument(_:)`` naming the first setting out of range.
+    public func validate() throws {
+        guard worldSize >= 1 else { throw FVDError.invalidArgument("world size must be at least 1") }
+        guard iterations >= 1, warmup >= 0 else {
+            throw FVDError.invalidArgument("iterations must be >= 1 and warmup >= 0")
+        }
+        guard factor >= 2, minBytes >= 1, minBytes <= maxBytes else {
+            throw FVDError.invalidArgument(
+                "sizes: need 1 <= -b <= -e and a factor -f of at least 2 (got -b \(minBytes), -e \(maxBytes), -f \(factor))")
+        }
+    }
 
     /// Per-rank input sizes from `minBytes` to `maxBytes`, multiplying by `factor` (≥ 2).
     public var sizes: [Int] {
@@ -80,25 +189,24 @@ public struct BenchConfiguration: Sendable {
 }
 
 /// Times the collectives on an in-process world, and `memcpy` of the same bytes beside them.
-public func runBenchmark(_ config: BenchConfiguration, progress: (String) -> Void = { _ in }) throws -> [BenchRow] {
-    guard config.worldSize >= 1 else { throw FVDError.invalidArgument("world size must be at least 1") }
-    guard config.iterations >= 1, config.warmup >= 0 else {
-        throw FVDError.invalidArgument("iterations must be >= 1 and warmup >= 0")
-    }
-    guard config.factor >= 2, config.minBytes >= 1, config.minBytes <= config.maxBytes else {
-        throw FVDError.invalidArgument(
-            "sizes: need 1 <= -b <= -e and a factor -f of at least 2 (got -b \(config.minBytes), -e \(config.maxBytes), -f \(config.factor))")
-    }
+///
+/// `progress(done, total, what)` is called before each row.
+public func runBenchmark(
+    _ config: BenchConfiguration, progress: (_ done: Int, _ total: Int, _ what: String) -> Void = { _, _, _ in }
+) throws -> BenchReport {
+    try config.validate()
     let world = try World.inProcess(size: config.worldSize, timeout: 300)
+    let n = config.worldSize
     var rows: [BenchRow] = []
+    let total = config.operations.count * config.sizes.count
     for op in config.operations {
         for size in config.sizes {
-            progress("\(op.rawValue) \(size) bytes")
+            progress(rows.count, total, "\(op.rawValue) \(size) bytes")
             let count = max(1, size / config.dtype.byteSize)
-            let shape = try inputShape(op, count: count, worldSize: config.worldSize)
+            let shape = try inputShape(op, count: count, worldSize: n)
             let elements = shape.reduce(1, *)
             let inputBytes = elements * config.dtype.byteSize
-            let times = try timeOnRankZero(world, config) { group in
+            let outOfPlace = try timeOnRankZero(world, config) { group in
                 let x = try Tensor(zeros: shape, dtype: config.dtype)
                 return {
                     switch op {
@@ -109,7 +217,13 @@ public func runBenchmark(_ config: BenchConfiguration, progress: (String) -> Voi
                     }
                 }
             }
-            let modelBytes = op.modelBytes(inputBytes: inputBytes, worldSize: config.worldSize)
+            let inPlace: [Double]? = try op.hasInPlaceForm ? timeOnRankZero(world, config) { group in
+                var y = try Tensor(zeros: op == .allGather ? [elements * n] : shape, dtype: config.dtype)
+                return {
+                    if op == .allReduce { try group.allReduce(inPlace: &y) } else { try group.allGather(inPlace: &y, dim: 0) }
+                }
+            } : nil
+            let modelBytes = op.modelBytes(inputBytes: inputBytes, worldSize: n)
             let copyTimes = try timeOnRankZero(world, config) { group in
                 let source = try Tensor(zeros: [modelBytes], dtype: .uint8)
                 var destination = try Tensor(zeros: [modelBytes], dtype: .uint8)
@@ -120,20 +234,25 @@ public func runBenchmark(_ config: BenchConfiguration, progress: (String) -> Voi
                     try group.barrier()
                 }
             }
-            let median = times.median, copyMedian = copyTimes.median
-            let reported = op.reportedBytes(inputBytes: inputBytes, worldSize: config.worldSize)
-            let algbw = Double(reported) / median / 1e9
+            let copyMedian = copyTimes.median
+            let reported = op.reportedBytes(inputBytes: inputBytes, worldSize: n)
+            let timing = { (times: [Double]) -> BenchTiming in
+                let algbw = Double(reported) / times.median / 1e9
+                return BenchTiming(
+                    medianMicroseconds: times.median * 1e6, minMicroseconds: times.min()! * 1e6,
+                    maxMicroseconds: times.max()! * 1e6, algorithmBandwidth: algbw,
+                    busBandwidth: algbw * op.busFactor(worldSize: n), percentOfCopyModel: 100 * copyMedian / times.median)
+            }
             rows.append(
                 BenchRow(
-                    op: op, inputBytes: inputBytes, bytes: reported, count: elements, dtype: config.dtype,
-                    medianMicroseconds: median * 1e6, minMicroseconds: times.min()! * 1e6,
-                    maxMicroseconds: times.max()! * 1e6, algorithmBandwidth: algbw,
-                    busBandwidth: algbw * op.busFactor(worldSize: config.worldSize),
-                    memcpyBandwidth: Double(modelBytes) / copyMedian / 1e9,
-                    percentOfCopyModel: 100 * copyMedian / median))
+                    op: op, bytes: reported, inputBytes: inputBytes, count: elements, dtype: config.dtype,
+                    outOfPlace: timing(outOfPlace), inPlace: inPlace.map(timing), copyModelBytes: modelBytes,
+                    memcpyBandwidth: Double(modelBytes) / copyMedian / 1e9))
         }
     }
-    return rows
+    return BenchReport(
+        transport: "inprocess", worldSize: n, dtype: config.dtype, warmup: config.warmup, iterations: config.iterations,
+        rows: rows)
 }
 
 /// The input shape for `op` with about `count` elements (a divisible 4-D shape for the all-to-all).

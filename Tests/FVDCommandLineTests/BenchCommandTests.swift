@@ -1,0 +1,85 @@
+import FastVideoDistributed
+import Foundation
+import Testing
+
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+
+@testable import FVDCommandLine
+
+@Suite("fvd bench")
+struct BenchCommandTests {
+    @Test("a run writes JSON with the documented keys, CSV, an SVG and an HTML plot")
+    func writesOutputs() throws {
+        let folder = try temporaryFolder("bench")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let json = folder.appendingPathComponent("r.json"), csv = folder.appendingPathComponent("r.csv")
+        let svg = folder.appendingPathComponent("r.svg"), html = folder.appendingPathComponent("r.html")
+        let result = try runFVD([
+            "bench", "--world-size", "3", "-b", "4K", "-e", "16K", "-f", "2", "--warmup", "0", "--iters", "1",
+            "--json", json.path, "--csv", csv.path, "--plot", svg.path,
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.isEmpty, "no progress noise when stderr is not a terminal: \(result.stderr)")
+        let tableLines = result.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        #expect(tableLines.count == 4 * 3)
+        #expect(result.stdout.contains("# Avg bus bandwidth"))
+
+        // JSON: the documented keys, one row per (op, size), in-place only where it exists.
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
+        #expect(Set(document.keys) == ["schema", "transport", "world_size", "dtype", "warmup", "iterations", "rows", "avg_busbw_gbps"])
+        #expect(document["schema"] as? String == "fvd-bench/1")
+        #expect(document["world_size"] as? Int == 3)
+        let rows = try #require(document["rows"] as? [[String: Any]])
+        #expect(rows.count == 12)
+        let timingKeys: Set = ["time_us", "time_us_min", "time_us_max", "algbw_gbps", "busbw_gbps", "percent_of_copy_model"]
+        for row in rows {
+            let op = try #require(row["op"] as? String)
+            let keys: Set = ["op", "size_bytes", "input_bytes", "count", "dtype", "out_of_place", "copy_model_bytes", "memcpy_gbps"]
+            let hasInPlace = op == "all_reduce" || op == "all_gather"
+            #expect(Set(row.keys) == keys.union(hasInPlace ? ["in_place"] : []), "\(op): \(row.keys.sorted())")
+            let timing = try #require(row["out_of_place"] as? [String: Any])
+            #expect(Set(timing.keys) == timingKeys)
+            let min = try #require(timing["time_us_min"] as? Double), median = try #require(timing["time_us"] as? Double)
+            #expect(min > 0 && min <= median)
+        }
+        let decoded = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: json))
+        #expect(decoded.rows.map(\.inputBytes).prefix(3) == [4096, 8192, 16384])
+        #expect(decoded.rows.filter { $0.op == .allGather }.map(\.bytes) == [3 * 4096, 3 * 8192, 3 * 16384])
+
+        // CSV: a header and 12 lines of the same width.
+        let csvLines = try String(contentsOf: csv, encoding: .utf8).split(separator: "\n")
+        #expect(csvLines.count == 13)
+        let width = csvLines[0].split(separator: ",", omittingEmptySubsequences: false).count
+        #expect(csvLines.allSatisfy { $0.split(separator: ",", omittingEmptySubsequences: false).count == width })
+
+        // The SVG parses as XML and names every op.
+        let svgText = try String(contentsOf: svg, encoding: .utf8)
+        #expect(XMLParser(data: Data(svgText.utf8)).parse())
+        for op in BenchOperation.allCases { #expect(svgText.contains(op.rawValue)) }
+
+        let htmlRun = try runFVD(["bench", "--op", "all_to_all_4d", "-b", "8K", "-e", "8K", "--iters", "1", "--warmup", "0", "--plot", html.path])
+        #expect(htmlRun.status == 0, "\(htmlRun.stderr)")
+        let htmlText = try String(contentsOf: html, encoding: .utf8)
+        #expect(htmlText.contains("<svg") && htmlText.contains("all_to_all_4d"))
+    }
+
+    @Test(
+        "bad options are one-line errors",
+        arguments: [
+            (["--op", "broadcast"], "unknown op 'broadcast'"),
+            (["--dtype", "float8"], "unknown dtype 'float8'"),
+            (["-b", "1M", "-e", "4K"], "need 1 <= -b <= -e"),
+            (["-b", "12Q"], "invalid size '12Q'"),
+            (["--plot", "out.png"], "must end in .svg or .html"),
+            (["--transport", "shm"], "transport 'shm' is not available"),
+            (["--world-size", "0"], "world size must be at least 1"),
+        ] as [([String], String)]
+    )
+    func badOptions(_ arguments: [String], _ message: String) throws {
+        let result = try runFVD(["bench", "--iters", "1", "--warmup", "0", "-b", "4K", "-e", "4K"] + arguments, timeout: 20)
+        #expect(result.status != 0)
+        #expect(result.errorLines.count == 1 && result.stderr.contains(message), "\(result.stderr)")
+    }
+}
