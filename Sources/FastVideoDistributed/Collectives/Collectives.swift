@@ -177,8 +177,13 @@ extension GroupCoordinator {
 
     /// Concatenates every rank's tensor along `dim` on the rank `root` only.
     ///
-    /// - Parameter root: the receiving group rank (FastVideo's `dst`), default 0.
+    /// - Parameters:
+    ///   - input: all ranks pass the same shape and dtype.
+    ///   - root: the receiving group rank (FastVideo's `dst`), default 0.
+    ///   - dim: the dimension to concatenate; negative counts from the end (default -1).
     /// - Returns: the concatenation on `root`, `nil` on the other ranks.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for a `root` outside the group,
+    ///   ``FVDError/invalidDimension(op:dim:ndim:)`` and the mismatch errors, on every rank.
     public func gather(_ input: Tensor, to root: Int = 0, dim: Int = -1) throws -> Tensor? {
         let name = "gather"
         if size == 1 {
