@@ -55,9 +55,13 @@ struct BenchCommand: ParsableCommand {
                 + "median of \(iters) iterations after \(warmup) warmup")
             print(BenchReport.tableHeader)
             let progress = ProgressLine()
-            let report = try runBenchmark(config) { done, total, what in progress.show("[\(done + 1)/\(total)] \(what)") }
-            progress.clear()
-            for row in report.rows { print(BenchReport.tableLine(row)) }
+            let report = try runBenchmark(config) { done, total, what in
+                progress.show("[\(done + 1)/\(total)] \(what)")
+            } row: { row in
+                progress.clear()
+                print(BenchReport.tableLine(row))
+                fflush(nil)  // rows appear as they are measured, also through a pipe
+            }
             print(report.averageLine)
             try writeOutputs(report)
         } catch let error as FVDError {

@@ -190,9 +190,10 @@ public struct BenchConfiguration: Sendable {
 
 /// Times the collectives on an in-process world, and `memcpy` of the same bytes beside them.
 ///
-/// `progress(done, total, what)` is called before each row.
+/// `progress(done, total, what)` is called before each row is measured and `row` after.
 public func runBenchmark(
-    _ config: BenchConfiguration, progress: (_ done: Int, _ total: Int, _ what: String) -> Void = { _, _, _ in }
+    _ config: BenchConfiguration, progress: (_ done: Int, _ total: Int, _ what: String) -> Void = { _, _, _ in },
+    row: (BenchRow) -> Void = { _ in }
 ) throws -> BenchReport {
     try config.validate()
     let world = try World.inProcess(size: config.worldSize, timeout: 300)
@@ -248,6 +249,7 @@ public func runBenchmark(
                     op: op, bytes: reported, inputBytes: inputBytes, count: elements, dtype: config.dtype,
                     outOfPlace: timing(outOfPlace), inPlace: inPlace.map(timing), copyModelBytes: modelBytes,
                     memcpyBandwidth: Double(modelBytes) / copyMedian / 1e9))
+            row(rows[rows.count - 1])
         }
     }
     return BenchReport(
