@@ -104,6 +104,8 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var warmup: Int
     public var iterations: Int
     public var rows: [BenchRow]
+    /// nccl-tests' "Avg bus bandwidth": the mean of every busbw in `rows`, in GB/s.
+    public var averageBusBandwidth: Double
 
     enum CodingKeys: String, CodingKey {
         case schema, transport, dtype, warmup, iterations, rows
@@ -118,35 +120,8 @@ public struct BenchReport: Sendable, Codable, Equatable {
         self.warmup = warmup
         self.iterations = iterations
         self.rows = rows
-    }
-
-    /// nccl-tests' "Avg bus bandwidth": the mean of every busbw in the table, in GB/s.
-    public var averageBusBandwidth: Double {
         let all = rows.flatMap(\.busBandwidths)
-        return all.isEmpty ? 0 : all.reduce(0, +) / Double(all.count)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        schema = try c.decode(String.self, forKey: .schema)
-        transport = try c.decode(String.self, forKey: .transport)
-        worldSize = try c.decode(Int.self, forKey: .worldSize)
-        dtype = try c.decode(DType.self, forKey: .dtype)
-        warmup = try c.decode(Int.self, forKey: .warmup)
-        iterations = try c.decode(Int.self, forKey: .iterations)
-        rows = try c.decode([BenchRow].self, forKey: .rows)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(schema, forKey: .schema)
-        try c.encode(transport, forKey: .transport)
-        try c.encode(worldSize, forKey: .worldSize)
-        try c.encode(dtype, forKey: .dtype)
-        try c.encode(warmup, forKey: .warmup)
-        try c.encode(iterations, forKey: .iterations)
-        try c.encode(rows, forKey: .rows)
-        try c.encode(averageBusBandwidth, forKey: .averageBusBandwidth)
+        averageBusBandwidth = all.isEmpty ? 0 : all.reduce(0, +) / Double(all.count)
     }
 }
 
