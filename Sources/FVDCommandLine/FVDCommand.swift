@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The `fvd` command: FastVideo's collectives, from the command line.
 public struct FVDCommand: ParsableCommand {
@@ -9,4 +10,26 @@ public struct FVDCommand: ParsableCommand {
     )
 
     public init() {}
+
+    /// Parses the command line and runs the command; a usage error is one `error:` line.
+    ///
+    /// ArgumentParser prints usage errors over several lines with the usage text; here
+    /// every failure is one line on stderr and a non-zero exit (64 for usage errors),
+    /// so scripts comparing implementations can rely on it. `--help` is unchanged.
+    public static func runFromCommandLine(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Foundation.exit(0)
+        } catch let error as ExitCode {
+            Foundation.exit(error.rawValue)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }  // --help, --version
+            let message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            let line = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
+            FileHandle.standardError.write(Data("error: \(line) (see --help)\n".utf8))
+            Foundation.exit(code.rawValue)
+        }
+    }
 }

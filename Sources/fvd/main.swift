@@ -1,3 +1,3 @@
 import FVDCommandLine
 
-FVDCommand.main()
+FVDCommand.runFromCommandLine()

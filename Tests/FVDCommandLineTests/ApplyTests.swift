@@ -154,4 +154,50 @@ struct ApplyTests {
         #expect(result.status != 0 && result.stderr.contains("rank1.npy: is a directory"), "\(result.stderr)")
         #expect(outputs == ["rank1.npy"])
     }
+
+    @Test("a failed move puts every replaced file back and leaves no new one")
+    func rollsBack() throws {
+        let folder = try temporaryFolder("rollback")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        try Data("old".utf8).write(to: folder.appendingPathComponent("a"))
+        #expect(throws: FVDError.self) {
+            _ = try writeAllOrNothing(into: folder.path, superseding: ["b"]) { staging in
+                try Data("new".utf8).write(to: URL(fileURLWithPath: staging).appendingPathComponent("a"))
+                return ["a", "never-written"]  // the second move fails
+            }
+        }
+        #expect(listing(folder) == ["a"])
+        #expect(try String(contentsOf: folder.appendingPathComponent("a"), encoding: .utf8) == "old")
+    }
+
+    @Test("a rerun replaces earlier outputs, including a rank's output in the other format")
+    func replacesEarlierOutputs() throws {
+        let input = try temporaryFolder("apply-in"), output = try temporaryFolder("apply-out")
+        defer {
+            try? FileManager.default.removeItem(at: input)
+            try? FileManager.default.removeItem(at: output)
+        }
+        for rank in 0..<2 {
+            try Tensor([Float(rank + 1), 2]).writeNPY(to: input.appendingPathComponent("rank\(rank).npy").path)
+        }
+        try Data("stale".utf8).write(to: output.appendingPathComponent("rank0.npy"))
+        try Data("stale".utf8).write(to: output.appendingPathComponent("rank1.safetensors"))
+        var config = ApplyConfiguration(
+            operation: .tensorModelParallelAllReduce, worldSize: 2, inputDirectory: input.path, outputDirectory: output.path)
+        config.timeout = 10
+        _ = try runApply(config)
+        #expect(listing(output) == ["rank0.npy", "rank1.npy"])
+        #expect(try Tensor.readNPY(at: output.appendingPathComponent("rank0.npy").path) == Tensor([Float(3), 4]))
+    }
+
+    @Test("usage errors are one line too", arguments: [
+        ["apply", "tensor_model_parallel_all_reduce", "--inputs", "a", "--outputs", "b"],
+        ["apply", "tensor_model_parallel_all_reduce", "--world-size", "two", "--inputs", "a", "--outputs", "b"],
+        ["bench", "--no-such-flag"],
+    ])
+    func usageErrors(_ arguments: [String]) throws {
+        let result = try runFVD(arguments, timeout: 20)
+        #expect(result.status == 64)
+        #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: "), "\(result.stderr)")
+    }
 }

@@ -17,7 +17,7 @@ struct BenchCommandTests {
         let json = folder.appendingPathComponent("r.json"), csv = folder.appendingPathComponent("r.csv")
         let svg = folder.appendingPathComponent("r.svg"), html = folder.appendingPathComponent("r.html")
         let result = try runFVD([
-            "bench", "--world-size", "3", "-b", "4K", "-e", "16K", "-f", "2", "--warmup", "0", "--iters", "1",
+            "bench", "--world-size", "3", "-b", "8K", "-e", "32K", "-f", "2", "--warmup", "0", "--iters", "1",
             "--json", json.path, "--csv", csv.path, "--plot", svg.path,
         ])
         #expect(result.status == 0, "\(result.stderr)")
@@ -45,8 +45,8 @@ struct BenchCommandTests {
             #expect(min > 0 && min <= median)
         }
         let decoded = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: json))
-        #expect(decoded.rows.map(\.inputBytes).prefix(3) == [4096, 8192, 16384])
-        #expect(decoded.rows.filter { $0.op == .allGather }.map(\.bytes) == [3 * 4096, 3 * 8192, 3 * 16384])
+        #expect(decoded.rows.map(\.inputBytes).prefix(3) == [8192, 16384, 32768])
+        #expect(decoded.rows.filter { $0.op == .allGather }.map(\.bytes) == [3 * 8192, 3 * 16384, 3 * 32768])
 
         // CSV: a header and 12 lines of the same width.
         let csvLines = try String(contentsOf: csv, encoding: .utf8).split(separator: "\n")
@@ -75,6 +75,7 @@ struct BenchCommandTests {
             (["--plot", "out.png"], "must end in .svg or .html"),
             (["--transport", "shm"], "transport 'shm' is not available"),
             (["--world-size", "0"], "world size must be at least 1"),
+            (["--json", "/nonexistent-folder/r.json"], "its folder does not exist"),
         ] as [([String], String)]
     )
     func badOptions(_ arguments: [String], _ message: String) throws {

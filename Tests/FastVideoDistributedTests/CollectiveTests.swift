@@ -8,6 +8,11 @@ private func input(rank: Int, shape: [Int], dtype: DType, salt: Int) -> Tensor {
 
 private let gatherShapes: [[Int]] = [[1], [3], [2, 5], [1, 3, 1], [2, 1, 3, 2]]
 
+extension Tensor {
+    /// Zeros of `count` elements.
+    static func zerosLike(_ count: Int, _ dtype: DType) -> Tensor { try! Tensor(zeros: [count], dtype: dtype) }
+}
+
 /// Which group of `layout` holds `rank`, for the three kinds.
 private func groupOf(_ rank: Int, in groups: [[Int]]) -> [Int] { groups.first { $0.contains(rank) }! }
 
@@ -83,6 +88,40 @@ struct CollectiveReferenceTests {
                     members.map { input(rank: $0, shape: c.0, dtype: c.1, salt: salt) }, op: c.2)
                 #expect(outputs[rank][salt] == expected, "rank \(rank) \(c.1) \(c.2) shape \(c.0)")
                 #expect(outputs[rank][salt] == outputs[members[0]][salt], "ranks disagree")
+            }
+        }
+    }
+
+    @Test(
+        "in place on uniquely owned tensors, repeated, mixed with out-of-place on other ranks",
+        arguments: [(2, 1), (3, 2), (4, 5), (2, 1023), (2, 3000), (3, 7001)] as [(Int, Int)])
+    func inPlaceUnique(worldSize n: Int, count: Int) throws {
+        for dtype in [DType.float32, .float16, .int32] {
+            let outputs = try World.inProcess(size: n, timeout: 30).run { world -> [Tensor] in
+                var results: [Tensor] = []
+                for iteration in 0..<3 {
+                    let salt = 500 + iteration
+                    // A fresh tensor owned by this binding only: the collective writes the very buffer peers read.
+                    var x = input(rank: world.rank, shape: [count], dtype: dtype, salt: salt)
+                    if (world.rank + iteration) % 2 == 0 {
+                        try world.allReduce(inPlace: &x)
+                    } else {
+                        x = try world.allReduce(x)
+                    }
+                    var y = referenceConcat(
+                        world.ranks.map { $0 == world.rank ? input(rank: $0, shape: [count], dtype: dtype, salt: salt) : Tensor.zerosLike(count, dtype) },
+                        dim: 0)
+                    try world.allGather(inPlace: &y, dim: 0)
+                    results += [x, y]
+                }
+                return results
+            }
+            for rank in 0..<n {
+                for iteration in 0..<3 {
+                    let inputs = (0..<n).map { input(rank: $0, shape: [count], dtype: dtype, salt: 500 + iteration) }
+                    #expect(outputs[rank][2 * iteration] == referenceReduce(inputs, op: .sum), "all-reduce \(dtype) rank \(rank)")
+                    #expect(outputs[rank][2 * iteration + 1] == referenceConcat(inputs, dim: 0), "all-gather \(dtype) rank \(rank)")
+                }
             }
         }
     }

@@ -191,3 +191,39 @@ struct BFloat16Tests {
         #expect(Float16(Float(-0.0)).bitPattern == 0x8000)
     }
 }
+
+@Suite("Buffer cache")
+struct BufferCacheTests {
+    @Test("a full cache frees other sizes (largest first) to keep the size just released, and counts bytes exactly")
+    func evictsOtherSizes() {
+        let k = 64 << 10
+        let cache = BufferCache(limitBytes: 4 * k)
+        func buffer(_ bytes: Int) -> UnsafeMutableRawPointer { .allocate(byteCount: bytes, alignment: 64) }
+        let a = buffer(k), b = buffer(2 * k), c = buffer(k)
+        #expect(cache.give(a, capacity: k))
+        #expect(cache.give(b, capacity: 2 * k))
+        #expect(cache.cachedBytes == 3 * k)
+        // 3k + 2k > 4k: the buffer of another size (k) is freed to keep this 2k one.
+        let d = buffer(2 * k)
+        #expect(cache.give(d, capacity: 2 * k))
+        #expect(cache.cachedBytes == 4 * k)
+        #expect(cache.take(capacity: k) == nil, "the 64 KiB buffer was evicted")
+        // Same size only, and full: nothing to evict, so it is refused.
+        let e = buffer(2 * k)
+        #expect(!cache.give(e, capacity: 2 * k))
+        e.deallocate()
+        // A smaller size evicts the largest other size.
+        #expect(cache.give(c, capacity: k))
+        #expect(cache.cachedBytes == 3 * k)
+        let first = cache.take(capacity: 2 * k), second = cache.take(capacity: 2 * k)
+        #expect(first != nil && second == nil, "one of the two 128 KiB buffers was evicted")
+        #expect(cache.take(capacity: k) == c)
+        #expect(cache.cachedBytes == 0)
+        first?.deallocate()
+        c.deallocate()
+        // Larger than the limit: never cached.
+        let f = buffer(8 * k)
+        #expect(!cache.give(f, capacity: 8 * k))
+        f.deallocate()
+    }
+}

@@ -142,16 +142,26 @@ public func runApply(_ config: ApplyConfiguration) throws -> [String] {
                 x, scatterDim: config.scatterDim ?? 2, gatherDim: config.gatherDim ?? 1)
         }
     }
-    return try writeAllOrNothing(into: config.outputDirectory) { staging in
+    // A rank's output in the other format (from an earlier run) would make the folder ambiguous as input.
+    let otherFormat = files.enumerated().map { rank, file -> String in
+        if case .npy = file.format { return RankFile.fileName(rank: rank, npy: false) }
+        return RankFile.fileName(rank: rank, npy: true)
+    }
+    return try writeAllOrNothing(into: config.outputDirectory, superseding: otherFormat) { staging in
         try zip(files, outputs).enumerated().map { rank, pair in try pair.0.write(pair.1, rank: rank, into: staging) }
     }
 }
 
 /// Writes a set of files into `directory`, all or none: `write` puts them in a staging
-/// folder inside `directory` and returns their names; they are renamed into place only
-/// after every one was written. The staging folder is removed on every path.
+/// folder inside `directory` and returns their names; they are moved into place only
+/// after every one was written. Files they replace, and the files named in `superseding`
+/// (e.g. the other format's output of the same rank), are moved aside first and put
+/// back if any move fails, so the folder ends with the whole new set or as it was. The
+/// staging folder is removed on every path.
 /// - Returns: the final paths.
-func writeAllOrNothing(into directory: String, _ write: (_ staging: String) throws -> [String]) throws -> [String] {
+func writeAllOrNothing(
+    into directory: String, superseding: [String] = [], _ write: (_ staging: String) throws -> [String]
+) throws -> [String] {
     let fm = FileManager.default
     do {
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -166,18 +176,36 @@ func writeAllOrNothing(into directory: String, _ write: (_ staging: String) thro
     }
     defer { try? fm.removeItem(atPath: staging) }
     let names = try write(staging)
-    for name in names {
+    let path = { (folder: String, name: String) in (folder as NSString).appendingPathComponent(name) }
+    for name in names + superseding {
         var isDirectory: ObjCBool = false
-        let final = (directory as NSString).appendingPathComponent(name)
-        if fm.fileExists(atPath: final, isDirectory: &isDirectory), isDirectory.boolValue {
-            throw FVDError.file(path: final, problem: "is a directory; cannot replace it with an output file")
+        if fm.fileExists(atPath: path(directory, name), isDirectory: &isDirectory), isDirectory.boolValue {
+            throw FVDError.file(path: path(directory, name), problem: "is a directory; cannot replace it with an output file")
         }
     }
-    return try names.map { name in
-        let final = (directory as NSString).appendingPathComponent(name)
-        guard rename((staging as NSString).appendingPathComponent(name), final) == 0 else {
-            throw FVDError.file(path: final, problem: "cannot move into place: \(String(cString: strerror(errno)))")
+    let aside = path(staging, "previous")
+    try? fm.createDirectory(atPath: aside, withIntermediateDirectories: false)
+    var movedAside: [String] = [], placed: [String] = []
+    do {
+        for name in names + superseding where fm.fileExists(atPath: path(directory, name)) {
+            try move(path(directory, name), to: path(aside, name))
+            movedAside.append(name)
         }
-        return final
+        for name in names {
+            try move(path(staging, name), to: path(directory, name))
+            placed.append(name)
+        }
+    } catch {
+        for name in placed { unlink(path(directory, name)) }
+        for name in movedAside { rename(path(aside, name), path(directory, name)) }
+        throw error
+    }
+    return names.map { path(directory, $0) }
+}
+
+/// `rename(2)` with the library's error.
+private func move(_ source: String, to destination: String) throws {
+    guard rename(source, destination) == 0 else {
+        throw FVDError.file(path: source, problem: "cannot move to \(destination): \(String(cString: strerror(errno)))")
     }
 }

@@ -44,6 +44,7 @@ struct BenchCommand: ParsableCommand {
     var plot: String?
 
     func run() throws {
+        let progress = ProgressLine()
         do {
             let config = try configuration()
             try config.validate()
@@ -51,10 +52,11 @@ struct BenchCommand: ParsableCommand {
             if let plot, !(plot.hasSuffix(".svg") || plot.hasSuffix(".html")) {
                 throw FVDError.invalidArgument("--plot \(plot): the file name must end in .svg or .html")
             }
+            // Fail before a long run, not after it, when an output cannot be written.
+            for path in [json, csv, plot].compactMap({ $0 }) { try checkWritable(path) }
             print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
                 + "median of \(iters) iterations after \(warmup) warmup")
             print(BenchReport.tableHeader)
-            let progress = ProgressLine()
             let report = try runBenchmark(config) { done, total, what in
                 progress.show("[\(done + 1)/\(total)] \(what)")
             } row: { row in
@@ -64,7 +66,8 @@ struct BenchCommand: ParsableCommand {
             }
             print(report.averageLine)
             try writeOutputs(report)
-        } catch let error as FVDError {
+        } catch {
+            progress.clear()
             printError(error)
             throw ExitCode.failure
         }
@@ -120,6 +123,18 @@ final class ProgressLine {
     /// Erases the line.
     func clear() {
         if enabled { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+    }
+}
+
+/// Throws unless `path`'s folder exists and is writable (and `path` is not a folder).
+func checkWritable(_ path: String) throws {
+    let folder = (path as NSString).deletingLastPathComponent
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: folder.isEmpty ? "." : folder, isDirectory: &isDirectory), isDirectory.boolValue,
+        access(folder.isEmpty ? "." : folder, W_OK) == 0
+    else { throw FVDError.file(path: path, problem: "its folder does not exist or is not writable") }
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+        throw FVDError.file(path: path, problem: "is a directory")
     }
 }
 

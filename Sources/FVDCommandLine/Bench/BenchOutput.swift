@@ -57,22 +57,29 @@ extension BenchReport {
         return ([header.joined(separator: ",")] + lines).joined(separator: "\n") + "\n"
     }
 
-    /// The plot's lines: one per op, out-of-place busbw against the input size per rank.
+    /// The plot's lines: per op, out-of-place busbw against the input size per rank, and
+    /// the in-place form (where measured) dashed in the same colour.
     func plotSeries() -> [PlotSeries] {
         let ops = rows.map(\.op).reduce(into: [BenchOperation]()) { if !$0.contains($1) { $0.append($1) } }
-        return ops.map { op in
+        let outOfPlace = ops.enumerated().map { i, op in
             PlotSeries(
                 label: op.rawValue,
-                points: rows.filter { $0.op == op }.map {
-                    PlotPoint(bytes: $0.inputBytes, gigabytesPerSecond: $0.outOfPlace.busBandwidth)
-                })
+                points: rows.filter { $0.op == op }.map { PlotPoint(bytes: $0.inputBytes, gigabytesPerSecond: $0.outOfPlace.busBandwidth) },
+                colorIndex: i)
         }
+        let inPlace = ops.enumerated().compactMap { i, op -> PlotSeries? in
+            let points = rows.filter { $0.op == op }.compactMap { row in
+                row.inPlace.map { PlotPoint(bytes: row.inputBytes, gigabytesPerSecond: $0.busBandwidth) }
+            }
+            return points.isEmpty ? nil : PlotSeries(label: "\(op.rawValue) (in-place)", points: points, dashed: true, colorIndex: i)
+        }
+        return outOfPlace + inPlace
     }
 
     /// The plot's title and subtitle.
     var plotTitles: (title: String, subtitle: String) {
         ("fvd bench: bus bandwidth vs message size",
-         "\(transport) transport, world size \(worldSize), \(dtype), median of \(iterations) iterations, out-of-place")
+         "\(transport) transport, world size \(worldSize), \(dtype), median of \(iterations) iterations; dashed: in-place")
     }
 }
 

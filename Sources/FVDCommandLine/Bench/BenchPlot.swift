@@ -6,8 +6,11 @@ struct PlotSeries: Sendable, Equatable {
     var label: String
     /// The measurements, in ascending `bytes`.
     var points: [PlotPoint]
-    /// Draws the line dashed, e.g. for the memcpy bound.
+    /// Draws the line dashed, e.g. for the in-place form of an operation.
     var dashed: Bool = false
+    /// The palette entry to draw with; `nil` takes the series' position (so a dashed
+    /// series can share its solid counterpart's colour).
+    var colorIndex: Int? = nil
 }
 
 /// One measurement: the bus bandwidth at one message size.
@@ -77,7 +80,7 @@ enum BenchPlot {
 
             """
         out += axes(f)
-        for (i, points) in data.enumerated() { out += line(points, series[i], color(i), f) }
+        for (i, points) in data.enumerated() { out += line(points, series[i], color(series[i].colorIndex ?? i), f) }
         out += legend(series, x: f.right + 24, y: f.top + 6)
         return out + "</svg>\n"
     }
@@ -155,7 +158,7 @@ enum BenchPlot {
     private static func legend(_ series: [PlotSeries], x: Double, y: Double) -> String {
         var out = "<g font-size=\"12\" fill=\"#222\">\n"
         for (i, s) in series.enumerated() {
-            let rowY = y + 20 * Double(i), c = color(i)
+            let rowY = y + 20 * Double(i), c = color(series[i].colorIndex ?? i)
             out += """
                 <line x1="\(n(x))" y1="\(n(rowY))" x2="\(n(x + 28))" y2="\(n(rowY))" stroke="\(c)" stroke-width="2"\(dash(s))/>
                 <circle cx="\(n(x + 14))" cy="\(n(rowY))" r="2.5" fill="\(c)"/>

@@ -103,9 +103,9 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var dtype: DType
     public var warmup: Int
     public var iterations: Int
-    public var rows: [BenchRow]
+    public private(set) var rows: [BenchRow]
     /// nccl-tests' "Avg bus bandwidth": the mean of every busbw in `rows`, in GB/s.
-    public var averageBusBandwidth: Double
+    public private(set) var averageBusBandwidth: Double
 
     enum CodingKeys: String, CodingKey {
         case schema, transport, dtype, warmup, iterations, rows
@@ -175,11 +175,15 @@ public func runBenchmark(
     let n = config.worldSize
     var rows: [BenchRow] = []
     let total = config.operations.count * config.sizes.count
+    var step = 0
     for op in config.operations {
         for size in config.sizes {
-            progress(rows.count, total, "\(op.rawValue) \(size) bytes")
+            progress(step, total, "\(op.rawValue) \(size) bytes")
+            step += 1
             let count = max(1, size / config.dtype.byteSize)
             let shape = try inputShape(op, count: count, worldSize: n)
+            // Small sizes can round to the same shape (the all-to-all's smallest is [1, 1, 4n, 128]): measure it once.
+            if rows.contains(where: { $0.op == op && $0.count == shape.reduce(1, *) }) { continue }
             let elements = shape.reduce(1, *)
             let inputBytes = elements * config.dtype.byteSize
             let outOfPlace = try timeOnRankZero(world, config) { group in
@@ -259,7 +263,8 @@ private func timeOnRankZero(
             let start = DispatchTime.now().uptimeNanoseconds
             try step()
             let end = DispatchTime.now().uptimeNanoseconds
-            if i >= config.warmup { times.append(Double(end - start) / 1e9) }
+            // At least 1 ns, so bandwidths stay finite even on a coarse clock.
+            if i >= config.warmup { times.append(Double(max(end - start, 1)) / 1e9) }
         }
         return times
     }

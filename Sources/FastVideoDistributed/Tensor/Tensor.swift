@@ -53,13 +53,11 @@ final class TensorStorage: @unchecked Sendable {
 /// cache off), and handed to the next tensor of the same rounded size.
 enum StoragePool {
     static let minimumBytes = 64 << 10
-    static let limitBytes: Int = {
+    /// The process-wide cache.
+    static let shared = BufferCache(limitBytes: {
         if let text = getenv("FVD_TENSOR_CACHE_MB"), let mb = Int(String(cString: text)), mb >= 0 { return mb << 20 }
         return 1 << 30
-    }()
-    /// A freed buffer. Invariant: owned by the cache alone until `take` hands it out.
-    private struct Buffer: @unchecked Sendable { let pointer: UnsafeMutableRawPointer }
-    private static let cache = Mutex<(free: [Int: [Buffer]], bytes: Int)>(([:], 0))
+    }())
 
     /// The allocation size for `byteCount`: whole pages for pooled sizes.
     static func capacity(for byteCount: Int) -> Int {
@@ -67,26 +65,48 @@ enum StoragePool {
     }
 
     static func take(capacity: Int) -> UnsafeMutableRawPointer? {
-        guard capacity >= minimumBytes else { return nil }
-        return cache.withLock { state -> Buffer? in
+        capacity >= minimumBytes ? shared.take(capacity: capacity) : nil
+    }
+
+    /// Keeps `pointer` for reuse; `false` if it cannot be cached (the caller frees it).
+    static func give(_ pointer: UnsafeMutableRawPointer, capacity: Int) -> Bool {
+        capacity >= minimumBytes && shared.give(pointer, capacity: capacity)
+    }
+}
+
+/// Freed buffers by size, up to `limitBytes` in all; the storage behind ``StoragePool``.
+final class BufferCache: Sendable {
+    let limitBytes: Int
+    /// A freed buffer. Invariant: owned by the cache alone until `take` hands it out.
+    private struct Buffer: @unchecked Sendable { let pointer: UnsafeMutableRawPointer }
+    private let state = Mutex<(free: [Int: [Buffer]], bytes: Int)>(([:], 0))
+
+    init(limitBytes: Int) { self.limitBytes = limitBytes }
+
+    /// Bytes held now.
+    var cachedBytes: Int { state.withLock { $0.bytes } }
+
+    /// A cached buffer of exactly `capacity` bytes, if there is one.
+    func take(capacity: Int) -> UnsafeMutableRawPointer? {
+        state.withLock { state -> Buffer? in
             guard let buffer = state.free[capacity]?.popLast() else { return nil }
             state.bytes -= capacity
             return buffer
         }?.pointer
     }
 
-    /// Keeps `pointer` for reuse; `false` if it cannot be cached (the caller frees it).
+    /// Keeps `pointer` (of `capacity` bytes) for reuse; `false` if it cannot be cached.
     ///
-    /// When the cache is full, buffers of *other* sizes are freed to make room: the
-    /// size just released is the one a loop of equal calls needs next, while a cache
-    /// full of sizes from earlier work would make every new allocation fault in again.
-    static func give(_ pointer: UnsafeMutableRawPointer, capacity: Int) -> Bool {
-        guard capacity >= minimumBytes, capacity <= limitBytes else { return false }
+    /// When the cache is full, buffers of *other* sizes are freed, largest first, to make
+    /// room: the size just released is the one a loop of equal calls needs next, while a
+    /// cache full of sizes from earlier work would make every new allocation fault in again.
+    func give(_ pointer: UnsafeMutableRawPointer, capacity: Int) -> Bool {
+        guard capacity <= limitBytes else { return false }
         var evicted: [Buffer] = []
         defer { for buffer in evicted { buffer.pointer.deallocate() } }
-        return cache.withLock { state in
+        return state.withLock { state in
             while state.bytes + capacity > limitBytes,
-                let size = state.free.first(where: { $0.key != capacity && !$0.value.isEmpty })?.key,
+                let size = state.free.keys.filter({ $0 != capacity }).max(),
                 let victim = state.free[size]?.popLast()
             {
                 if state.free[size]?.isEmpty == true { state.free[size] = nil }
