@@ -8,6 +8,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #if defined(__x86_64__)
 #include <emmintrin.h>
 #endif
@@ -67,4 +70,14 @@ void fvd_store_fence(void) {
 #else
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 #endif
+}
+
+int fvd_shm_create_or_open(const char *name) {
+    int fd;
+    do { fd = shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+int fvd_shm_unlink(const char *name) {
+    return shm_unlink(name) == 0 ? 0 : -errno;
 }

@@ -12,11 +12,22 @@ static inline void fvd_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_stor
 static inline uint32_t fvd_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline uint32_t fvd_atomic_add_u32(uint32_t *p, uint32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t fvd_atomic_sub_u32(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_SEQ_CST); }
+static inline void fvd_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t fvd_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
+/// Compare-and-swap; returns 1 when `*p` was `expected` and is now `desired`.
+static inline int fvd_atomic_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
 static inline void fvd_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
+/// shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); returns the fd or -errno.
+int fvd_shm_create_or_open(const char *name);
+/// shm_unlink(name); returns 0 or -errno.
+int fvd_shm_unlink(const char *name);
+
 #endif
 }
 
@@ -32,5 +43,10 @@ int fvd_futex_wake(uint32_t *addr, int count, int shared);
 void fvd_copy(void *dst, const void *src, size_t n, int streaming);
 /// Orders streaming stores before later stores; call once after a batch of `fvd_copy(..., 1)`.
 void fvd_store_fence(void);
+
+/// shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); returns the fd or -errno.
+int fvd_shm_create_or_open(const char *name);
+/// shm_unlink(name); returns 0 or -errno.
+int fvd_shm_unlink(const char *name);
 
 #endif

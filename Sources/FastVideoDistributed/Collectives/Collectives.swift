@@ -37,7 +37,7 @@ extension GroupCoordinator {
             try validateReduction(op, dtype: tensor.dtype, opName: "all_reduce")
             return
         }
-        tensor.makeUnique()
+        tensor.makeUniqueAndPeerVisible()
         try reduceAndShare(tensor, op: op, into: tensor)
     }
 
@@ -108,7 +108,7 @@ extension GroupCoordinator {
             _ = try Layout.normalize(dim: dim, ndim: tensor.rank, op: name)
             return
         }
-        tensor.makeUnique()
+        tensor.makeUniqueAndPeerVisible()
         let target = tensor
         try collective(name, target, arguments: [dimKey(dim, target.rank)], text: "dim=\(dim)") { _ in
             let d = try Layout.normalize(dim: dim, ndim: target.rank, op: name)

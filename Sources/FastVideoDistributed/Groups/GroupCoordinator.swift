@@ -23,13 +23,13 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     let factory: any ChannelFactory
     let channel: any PeerMemoryChannel
 
-    init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) {
+    init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) throws {
         self.name = name
         self.ranks = ranks
         self.rank = rank
         rankInGroup = ranks.firstIndex(of: rank)!
         self.factory = factory
-        channel = factory.makeChannel(name: name, members: ranks, rank: rank)
+        channel = try factory.makeChannel(name: name, members: ranks, rank: rank)
     }
 
     /// Number of ranks in the group (FastVideo's `world_size` of a group).
@@ -67,7 +67,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         guard sorted.contains(rank) else {
             throw FVDError.invalidArgument("group \(name): rank \(rank) is not a member of \(ranks)")
         }
-        return GroupCoordinator(name: name, ranks: sorted, rank: rank, factory: factory)
+        return try GroupCoordinator(name: name, ranks: sorted, rank: rank, factory: factory)
     }
 
     /// Runs one collective on this group's channel with the next call number.
@@ -87,6 +87,8 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         let call = channel.nextCall
         let header = CallHeader(
             op: op, kind: kind ?? op, dtype: input.dtype, shape: input.shape, arguments: arguments, argumentText: text, call: call)
+        // A multi-process peer can read only shared-heap memory: stage other inputs there (one copy).
+        let input = input.peerVisible
         let buffers = PeerBuffers(
             input: input.storage.pointer, output: output?.storage.pointer,
             storage: [input.storage] + (output.map { [$0.storage] } ?? []))

@@ -7,7 +7,7 @@ import Darwin
 #endif
 
 /// The text of an `errno` value, e.g. "No such file or directory".
-private func errnoText(_ code: Int32) -> String {
+func errnoText(_ code: Int32) -> String {
     guard let cString = strerror(code) else { return "error \(code)" }
     return String(cString: cString)
 }

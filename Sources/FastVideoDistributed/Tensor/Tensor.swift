@@ -18,14 +18,28 @@ final class TensorStorage: @unchecked Sendable {
     let pointer: UnsafeMutableRawPointer
     let byteCount: Int
     private let capacity: Int
+    /// The shared-memory heap the bytes come from, when this process is a rank of a
+    /// multi-process world (so peers can read them in place).
+    private let heap: SharedHeap?
 
-    /// Allocates uninitialised storage (from ``StoragePool`` when it holds a buffer of this size).
+    /// Allocates uninitialised storage: from this process's shared-memory heap when it
+    /// is a rank of a multi-process world, else from ``StoragePool`` or the allocator.
     init(uninitializedByteCount byteCount: Int) {
         self.byteCount = byteCount
         capacity = StoragePool.capacity(for: byteCount)
-        pointer = StoragePool.take(capacity: capacity)
-            ?? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+        if let heap = SharedHeap.active, let p = heap.allocate(capacity) {
+            pointer = p
+            self.heap = heap
+        } else {
+            pointer = StoragePool.take(capacity: capacity)
+                ?? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+            heap = nil
+        }
     }
+
+    /// Whether the other ranks of this process's world can read these bytes in place
+    /// (always in one process; in a multi-process world only shared-heap memory).
+    var isPeerVisible: Bool { heap != nil || SharedHeap.active == nil }
 
     /// Allocates zero-filled storage.
     convenience init(zeroedByteCount byteCount: Int) {
@@ -40,7 +54,11 @@ final class TensorStorage: @unchecked Sendable {
     }
 
     deinit {
-        if !StoragePool.give(pointer, capacity: capacity) { pointer.deallocate() }
+        if let heap {
+            heap.free(pointer, capacity: capacity)
+        } else if !StoragePool.give(pointer, capacity: capacity) {
+            pointer.deallocate()
+        }
     }
 }
 
@@ -225,6 +243,18 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
     /// Gives this value its own storage if it shares it (copy-on-write), before a write.
     mutating func makeUnique() {
         if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+    }
+
+    /// Gives this value storage of its own that the other ranks can read in place (a
+    /// copy when it is shared, or private memory of a multi-process rank), before an
+    /// in-place collective writes it.
+    mutating func makeUniqueAndPeerVisible() {
+        if !isKnownUniquelyReferenced(&storage) || !storage.isPeerVisible { storage = storage.copy() }
+    }
+
+    /// This tensor, or a copy of it in memory the other ranks can read in place.
+    var peerVisible: Tensor {
+        storage.isPeerVisible ? self : Tensor(shape: shape, dtype: dtype, storage: storage.copy())
     }
 
     /// Calls `body` with writable raw bytes, copying the storage first if it is shared.

@@ -4,7 +4,7 @@ import Synchronization
 
 /// Creates the per-rank endpoint of a group; implemented by each transport.
 protocol ChannelFactory: Sendable {
-    func makeChannel(name: String, members: [Int], rank: Int) -> any PeerMemoryChannel
+    func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel
 }
 
 /// The state the ranks of one in-process world share: groups, abort and exit flags.
@@ -184,7 +184,7 @@ public struct InProcessWorld: Sendable {
             let thread = Thread {
                 let outcome: Result<R, any Error>
                 do {
-                    let world = GroupCoordinator(name: "world", ranks: Array(0..<state.size), rank: rank, factory: state)
+                    let world = try GroupCoordinator(name: "world", ranks: Array(0..<state.size), rank: rank, factory: state)
                     outcome = .success(try body(world))
                 } catch {
                     outcome = .failure(error)

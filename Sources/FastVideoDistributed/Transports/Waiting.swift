@@ -9,23 +9,34 @@ import Musl
 /// The words a group synchronises on: a wake sequence, a sleeper count and one
 /// progress counter per member, each on its own cache line.
 ///
-/// Invariant: `base` points to `SyncWords.byteCount(members:)` heap bytes that live
-/// as long as this object. All access goes through the C11 atomics in CFVDShims.
+/// Invariant: `base` points to `SyncWords.byteCount(members:)` bytes, zeroed before
+/// first use, that live as long as this object: heap memory it owns, or a region of a
+/// shared mapping that outlives it. All access goes through the C11 atomics in CFVDShims.
 final class SyncWords: @unchecked Sendable {
     static let line = 64
     let base: UnsafeMutableRawPointer
     let memberCount: Int
+    private let owned: Bool
 
     static func byteCount(members: Int) -> Int { (members + 1) * line }
 
+    /// Words on the heap, for ranks that are threads of one process.
     init(members: Int) {
         memberCount = members
         let bytes = SyncWords.byteCount(members: members)
         base = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: SyncWords.line)
         base.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        owned = true
     }
 
-    deinit { base.deallocate() }
+    /// Words at `base` in a shared mapping (zero-filled when the segment was created).
+    init(members: Int, at base: UnsafeMutableRawPointer) {
+        memberCount = members
+        self.base = base
+        owned = false
+    }
+
+    deinit { if owned { base.deallocate() } }
 
     /// Bumped (and futex-woken) on every post, abort and exit.
     var sequence: UnsafeMutablePointer<UInt32> { base.assumingMemoryBound(to: UInt32.self) }

@@ -1,0 +1,120 @@
+import Foundation
+import Synchronization
+
+/// This process's rank of a world of processes, as started by `fvd launch` (or any
+/// launcher that sets torchrun's variables): see ``World/fromEnvironment(timeout:)``.
+public struct ProcessWorld: Sendable {
+    /// This process's rank (`RANK`).
+    public let rank: Int
+    /// Number of ranks (`WORLD_SIZE`).
+    public let size: Int
+    /// The group of every rank; build a ``ParallelState`` over it.
+    public let group: GroupCoordinator
+    /// `shared memory` for a multi-process world, `single process` for a world of one.
+    public let transport: String
+    let shared: SharedMemoryWorldState?
+
+    /// Runs `body` with the world group. If it throws, the failure is recorded in the
+    /// shared segment first, so every other rank's current or next collective throws
+    /// ``FVDError/peerFailed(rank:message:)`` at once instead of waiting for this rank
+    /// (unless the error is itself another rank's failure or exit, which the peers
+    /// detect on their own, so the root cause is what they report).
+    public func run<R>(_ body: (GroupCoordinator) throws -> R) throws -> R {
+        do {
+            return try body(group)
+        } catch {
+            switch error as? FVDError {
+            case .peerFailed?, .peerExited?:
+                break  // a consequence of another rank's failure, which its peers see themselves
+            default:
+                shared?.abort(.peerFailed(rank: rank, message: String(describing: error)), tellPeers: true)
+            }
+            throw error
+        }
+    }
+}
+
+/// The shared-memory world of this process, for the exit hook.
+private let processWorldState = Mutex<(world: ProcessWorld?, exitHookInstalled: Bool)>((nil, false))
+
+extension World {
+    /// This process's rank of the world described by the environment, like FastVideo's
+    /// `init_distributed_environment`.
+    ///
+    /// Reads `RANK` and `WORLD_SIZE` (defaults 0 and 1). With more than one rank, the
+    /// ranks are processes on this host joined by a POSIX shared-memory segment named by
+    /// `FVD_SHM_NAME` (set by `fvd launch`; else derived from `MASTER_PORT`), created
+    /// mode 0600 by the first rank to arrive and unlinked by the last, so nothing is
+    /// left in `/dev/shm` once all ranks attached (`fvd launch` also removes it when a
+    /// rank dies before). From this call on, tensors of this process are allocated in
+    /// its part of the segment, so peers read them in place: every collective copies
+    /// each byte once, as in-process. A tensor created before is staged there once per
+    /// collective. A rank that exits makes its peers' collectives throw
+    /// ``FVDError/peerExited(rank:op:group:)`` within milliseconds (exit flag or process
+    /// liveness); one that fails inside ``ProcessWorld/run(_:)`` makes them throw
+    /// ``FVDError/peerFailed(rank:message:)``.
+    ///
+    /// - Parameter timeout: seconds a collective waits for ranks that have not arrived;
+    ///   default `FVD_TIMEOUT` or 300.
+    /// - Returns: the same world on every call in this process.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for malformed variables or a segment
+    ///   that belongs to another job; ``FVDError/file(path:problem:)`` when the segment
+    ///   cannot be created or mapped.
+    public static func fromEnvironment(timeout: Double? = nil) throws -> ProcessWorld {
+        let env = ProcessInfo.processInfo.environment
+        func integer(_ key: String, default value: Int) throws -> Int {
+            guard let text = env[key] else { return value }
+            guard let v = Int(text) else { throw FVDError.invalidArgument("\(key)=\(text) is not an integer") }
+            return v
+        }
+        let size = try integer("WORLD_SIZE", default: 1)
+        let rank = try integer("RANK", default: 0)
+        guard size >= 1, size <= maximumInProcessRanks, (0..<size).contains(rank) else {
+            throw FVDError.invalidArgument("RANK=\(rank) and WORLD_SIZE=\(size) do not describe a rank of a world of 1...1024 ranks")
+        }
+        var seconds = timeout ?? 300
+        if timeout == nil, let text = env["FVD_TIMEOUT"] {
+            guard let v = Double(text), v >= 0 else { throw FVDError.invalidArgument("FVD_TIMEOUT=\(text) is not a number of seconds") }
+            seconds = v
+        }
+        return try processWorldState.withLock { state in
+            if let world = state.world {
+                guard world.rank == rank, world.size == size else {
+                    throw FVDError.invalidArgument("this process is already rank \(world.rank) of a world of \(world.size)")
+                }
+                return world
+            }
+            let world: ProcessWorld
+            if size == 1 {
+                let factory = InProcessWorldState(size: 1, timeout: seconds)
+                world = ProcessWorld(
+                    rank: 0, size: 1, group: try GroupCoordinator(name: "world", ranks: [0], rank: 0, factory: factory),
+                    transport: "single process", shared: nil)
+            } else {
+                let name = env["FVD_SHM_NAME"] ?? "/fvd-port-\(env["MASTER_PORT"] ?? "29500")"
+                guard name.hasPrefix("/"), name.dropFirst().allSatisfy({ $0 != "/" }), name.count < 200 else {
+                    throw FVDError.invalidArgument("FVD_SHM_NAME=\(name) must be '/' followed by a name without '/'")
+                }
+                let segment = try SharedSegment(name: name, worldSize: size, rank: rank)
+                let shared = SharedMemoryWorldState(segment: segment, timeout: seconds)
+                SharedHeap.activate(SharedHeap(base: segment.heapBase(of: rank), capacity: segment.heapBytes))
+                world = ProcessWorld(
+                    rank: rank, size: size,
+                    group: try GroupCoordinator(name: "world", ranks: Array(0..<size), rank: rank, factory: shared),
+                    transport: "shared memory", shared: shared)
+                if !state.exitHookInstalled {
+                    state.exitHookInstalled = true
+                    atexit { markProcessWorldExited() }
+                }
+            }
+            state.world = world
+            return world
+        }
+    }
+}
+
+/// At process exit: tell the peers this rank is gone, so their waits end at once.
+private func markProcessWorldExited() {
+    let shared = processWorldState.withLock { $0.world?.shared }
+    shared?.markExited()
+}

@@ -1,0 +1,416 @@
+import CFVDShims
+import Dispatch
+import Foundation
+import Synchronization
+
+/// The POSIX shared-memory segment of a multi-process world, mapped by every rank.
+///
+/// Layout (offsets from the start; the file is sparse and starts zero-filled, which
+/// is a valid initial state, so no rank has to initialise it before the others):
+/// - header page: magic, world size, attach count, the failed rank (+1), the bump
+///   pointer of the channel area;
+/// - one 1 KiB control line per rank: pid, state (running, exited, failed) and the
+///   failure message;
+/// - the group registry: 1024 slots of (state, channel offset, key);
+/// - the channel area (1 GiB): per group, the ``SyncWords`` and one 16 KiB record per
+///   member (buffer offsets and the encoded ``CallHeader``);
+/// - one tensor heap per rank (``SharedHeap``).
+///
+/// Invariant: the mapping is never unmapped while the process lives.
+final class SharedSegment: @unchecked Sendable {
+    static let magic: UInt64 = 0x4656_4453_484D_0001  // "FVDSHM", version 1
+    static let headerBytes = 4096
+    static let controlBytes = 1024
+    static let registrySlots = 1024
+    static let registrySlotBytes = 512
+    static let channelAreaBytes = 1 << 30
+    static let memberRecordBytes = 16 << 10
+
+    enum RankState: UInt32 { case absent = 0, running = 1, exited = 2, failed = 3 }
+
+    let name: String
+    let worldSize: Int
+    let rank: Int
+    let base: UnsafeMutableRawPointer
+    let byteCount: Int
+    let controlOffset: Int, registryOffset: Int, channelOffset: Int, heapOffset: Int, heapBytes: Int
+
+    /// Creates or attaches the segment `name` as `rank` of `worldSize`, mode 0600.
+    ///
+    /// The last rank to attach unlinks the name: from then on nothing is left in
+    /// `/dev/shm` whatever happens to the processes (the launcher unlinks it too).
+    init(name: String, worldSize: Int, rank: Int) throws {
+        self.name = name
+        self.worldSize = worldSize
+        self.rank = rank
+        controlOffset = Self.headerBytes
+        registryOffset = Self.roundUp(controlOffset + worldSize * Self.controlBytes, 4096)
+        channelOffset = registryOffset + Self.registrySlots * Self.registrySlotBytes
+        heapOffset = Self.roundUp(channelOffset + Self.channelAreaBytes, 2 << 20)
+        // Sparse: only touched pages use memory. At most 16 TiB of address space in all.
+        heapBytes = min(64 << 30, (16 << 40) / worldSize) & ~4095
+        byteCount = heapOffset + worldSize * heapBytes
+
+        let fd = fvd_shm_create_or_open(name)
+        guard fd >= 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "shm_open: \(errnoText(-fd))") }
+        defer { close(fd) }
+        _ = fchmod(fd, 0o600)
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "fstat: \(errnoText(errno))") }
+        if Int(info.st_size) != byteCount {
+            guard info.st_size == 0 || Int(info.st_size) < byteCount, ftruncate(fd, off_t(byteCount)) == 0 else {
+                throw FVDError.file(
+                    path: "/dev/shm\(name)",
+                    problem: "cannot size the segment to \(byteCount) bytes (it has \(info.st_size)): \(errnoText(errno))")
+            }
+        }
+        guard let mapped = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
+            throw FVDError.file(path: "/dev/shm\(name)", problem: "mmap: \(errnoText(errno))")
+        }
+        base = mapped
+
+        // Claim the world: the first rank writes the magic and size, the others check them.
+        if fvd_atomic_cas_u64(word(0), 0, Self.magic) != 0 {
+            fvd_atomic_store_u64(word(8), UInt64(worldSize))
+        } else {
+            while fvd_atomic_load_u64(word(8)) == 0 { sched_yield() }
+        }
+        guard fvd_atomic_load_u64(word(0)) == Self.magic, fvd_atomic_load_u64(word(8)) == UInt64(worldSize) else {
+            throw FVDError.invalidArgument(
+                "shared-memory segment \(name) belongs to another world (size \(fvd_atomic_load_u64(word(8)))); "
+                    + "remove /dev/shm\(name) or use a new job id")
+        }
+        guard fvd_atomic_cas_u64(controlWord(rank, 0), 0, UInt64(getpid())) != 0 else {
+            throw FVDError.invalidArgument(
+                "rank \(rank) of shared-memory segment \(name) is already taken by pid \(fvd_atomic_load_u64(controlWord(rank, 0))); "
+                    + "two processes with the same RANK, or a segment left by an earlier job (remove /dev/shm\(name))")
+        }
+        setState(.running, of: rank)
+        if fvd_atomic_add_u64(word(16), 1) == UInt64(worldSize) { _ = fvd_shm_unlink(name) }
+    }
+
+    static func roundUp(_ n: Int, _ to: Int) -> Int { (n + to - 1) / to * to }
+
+    func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> { (base + offset).assumingMemoryBound(to: UInt64.self) }
+    func controlWord(_ rank: Int, _ offset: Int) -> UnsafeMutablePointer<UInt64> {
+        word(controlOffset + rank * Self.controlBytes + offset)
+    }
+    private func stateWord(_ rank: Int) -> UnsafeMutablePointer<UInt32> {
+        (base + controlOffset + rank * Self.controlBytes + 8).assumingMemoryBound(to: UInt32.self)
+    }
+
+    func state(of rank: Int) -> RankState { RankState(rawValue: fvd_atomic_load_u32(stateWord(rank))) ?? .absent }
+    func setState(_ state: RankState, of rank: Int) { fvd_atomic_store_u32(stateWord(rank), state.rawValue) }
+    func pid(of rank: Int) -> Int32 { Int32(truncatingIfNeeded: fvd_atomic_load_u64(controlWord(rank, 0))) }
+
+    /// The heap of `rank`.
+    func heapBase(of rank: Int) -> UnsafeMutableRawPointer { base + heapOffset + rank * heapBytes }
+
+    /// Records this rank's failure: its message, then the world's failed-rank word (first one wins).
+    func recordFailure(_ message: String) {
+        let bytes = Array(message.utf8.prefix(Self.controlBytes - 24))
+        let line = base + controlOffset + rank * Self.controlBytes
+        bytes.withUnsafeBytes { line.advanced(by: 24).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        (line + 16).assumingMemoryBound(to: UInt32.self).pointee = UInt32(bytes.count)
+        setState(.failed, of: rank)
+        _ = fvd_atomic_cas_u64(word(24), 0, UInt64(rank + 1))
+    }
+
+    /// The first rank that recorded a failure, and its message.
+    func failure() -> (rank: Int, message: String)? {
+        let value = fvd_atomic_load_u64(word(24))
+        guard value > 0 else { return nil }
+        let r = Int(value - 1)
+        let line = base + controlOffset + r * Self.controlBytes
+        let count = Int((line + 16).assumingMemoryBound(to: UInt32.self).pointee)
+        let message = String(decoding: UnsafeRawBufferPointer(start: line + 24, count: min(count, Self.controlBytes - 24)), as: UTF8.self)
+        return (r, message)
+    }
+
+    /// Whether `rank`'s process is gone without having said so (killed, crashed).
+    func isDead(_ rank: Int) -> Bool {
+        let pid = pid(of: rank)
+        guard pid > 0 else { return false }
+        if kill(pid, 0) != 0 { return errno == ESRCH }
+        // A zombie (exited, not yet reaped by its parent) still answers kill(pid, 0).
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+    }
+
+    /// The channel region of group `key` with `members` members: found in the registry,
+    /// or claimed and carved from the channel area by the first member to ask.
+    func channelRegion(key: String, members: Int) throws -> UnsafeMutableRawPointer {
+        let keyBytes = Array(key.utf8)
+        guard keyBytes.count <= Self.registrySlotBytes - 24 else {
+            throw FVDError.invalidArgument("group key \(key) is longer than \(Self.registrySlotBytes - 24) bytes")
+        }
+        let regionBytes = Self.roundUp(SyncWords.byteCount(members: members), 64) + members * Self.memberRecordBytes
+        for slot in 0..<Self.registrySlots {
+            let s = base + registryOffset + slot * Self.registrySlotBytes
+            let state = s.assumingMemoryBound(to: UInt64.self)
+            if fvd_atomic_cas_u64(state, 0, 1) != 0 {
+                let offset = Int(fvd_atomic_add_u64(word(32), UInt64(regionBytes))) - regionBytes
+                guard offset + regionBytes <= Self.channelAreaBytes else {
+                    throw FVDError.invalidArgument("shared-memory segment: the channel area is full (too many groups)")
+                }
+                (s + 8).assumingMemoryBound(to: UInt64.self).pointee = UInt64(offset)
+                (s + 16).assumingMemoryBound(to: UInt32.self).pointee = UInt32(keyBytes.count)
+                (s + 20).assumingMemoryBound(to: UInt32.self).pointee = UInt32(members)
+                keyBytes.withUnsafeBytes { (s + 24).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                fvd_atomic_store_u64(state, 2)
+                return base + channelOffset + offset
+            }
+            while fvd_atomic_load_u64(state) == 1 { sched_yield() }
+            let length = Int((s + 16).assumingMemoryBound(to: UInt32.self).pointee)
+            if length == keyBytes.count, memcmp(s + 24, keyBytes, length) == 0 {
+                return base + channelOffset + Int((s + 8).assumingMemoryBound(to: UInt64.self).pointee)
+            }
+        }
+        throw FVDError.invalidArgument("shared-memory segment: more than \(Self.registrySlots) groups")
+    }
+
+    /// Every registered group's synchronisation words (for waking all waiters).
+    func registeredGroups() -> [SyncWords] {
+        (0..<Self.registrySlots).compactMap { slot in
+            let s = base + registryOffset + slot * Self.registrySlotBytes
+            guard fvd_atomic_load_u64(s.assumingMemoryBound(to: UInt64.self)) == 2 else { return nil }
+            let members = Int((s + 20).assumingMemoryBound(to: UInt32.self).pointee)
+            return SyncWords(members: members, at: base + channelOffset + Int((s + 8).assumingMemoryBound(to: UInt64.self).pointee))
+        }
+    }
+}
+
+/// The state one rank of a multi-process world keeps about it: the segment, the
+/// groups it has joined, its own failure, and how often it checks peers' liveness.
+final class SharedMemoryWorldState: ChannelFactory, Sendable {
+    let segment: SharedSegment
+    let timeoutNanoseconds: UInt64
+    let spin: Bool
+    private let localFailure = Mutex<FVDError?>(nil)
+    private let groups = Mutex<[String: SharedGroupState]>([:])
+    private let lastLivenessCheck = Atomic<UInt64>(0)
+
+    init(segment: SharedSegment, timeout: Double) {
+        self.segment = segment
+        timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
+        spin = segment.worldSize <= ProcessInfo.processInfo.activeProcessorCount
+    }
+
+    func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel {
+        let index = members.firstIndex(of: rank)!
+        if members.count == 1 {
+            // A size-1 group never communicates; keep it out of the segment.
+            return InProcessWorldState(size: 1, timeout: 0).makeChannel(name: name, members: [0], rank: 0)
+        }
+        let key = "\(name) \(members)"
+        let group = try groups.withLock { groups in
+            if let g = groups[key] { return g }
+            let region = try segment.channelRegion(key: key, members: members.count)
+            let g = SharedGroupState(label: key, members: members, region: region)
+            groups[key] = g
+            return g
+        }
+        return SharedMemoryChannel(world: self, group: group, index: index)
+    }
+
+    /// The error that ends this rank's use of the world: its own, or a peer's recorded failure.
+    var abortError: FVDError? {
+        if let local = localFailure.withLock({ $0 }) { return local }
+        if let (rank, message) = segment.failure(), rank != segment.rank { return .peerFailed(rank: rank, message: message) }
+        return nil
+    }
+
+    /// Ends this rank's use of the world with `error`; with `tellPeers`, records it in the
+    /// segment so every rank's waits end with ``FVDError/peerFailed(rank:message:)``.
+    func abort(_ error: FVDError, tellPeers: Bool) {
+        localFailure.withLock { if $0 == nil { $0 = error } }
+        if tellPeers {
+            if case let .peerFailed(rank, message) = error, rank == segment.rank {
+                segment.recordFailure(message)
+            } else {
+                segment.recordFailure(error.description)
+            }
+        }
+        wakeAll()
+    }
+
+    /// Marks this rank as finished (normal exit) and wakes every waiter.
+    func markExited() {
+        if segment.state(of: segment.rank) == .running { segment.setState(.exited, of: segment.rank) }
+        wakeAll()
+    }
+
+    /// Members (world ranks) that left: exited, failed or died. Process liveness is
+    /// checked at most every 20 ms (it reads /proc).
+    func goneRanks(among ranks: [Int]) -> [Int] {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let checkLiveness = now &- lastLivenessCheck.load(ordering: .relaxed) > 20_000_000
+        if checkLiveness { lastLivenessCheck.store(now, ordering: .relaxed) }
+        return ranks.filter { r in
+            switch segment.state(of: r) {
+            case .exited, .failed: return true
+            case .absent: return false
+            case .running: return checkLiveness && r != segment.rank && segment.isDead(r)
+            }
+        }
+    }
+
+    func wakeAll() {
+        for sync in segment.registeredGroups() { sync.wake(shared: true) }
+    }
+}
+
+/// One group's region of the segment, as this rank sees it.
+final class SharedGroupState: Sendable {
+    let label: String
+    let members: [Int]
+    let sync: SyncWords
+    /// Invariant: points into the mapped segment.
+    private struct Records: @unchecked Sendable { let base: UnsafeMutableRawPointer }
+    private let records: Records
+    /// This rank's buffers, kept alive until its peers have read them.
+    let keepAlive = Mutex<[TensorStorage]>([])
+    let busy = Atomic<Bool>(false)
+
+    init(label: String, members: [Int], region: UnsafeMutableRawPointer) {
+        self.label = label
+        self.members = members
+        sync = SyncWords(members: members.count, at: region)
+        records = Records(base: region + SharedSegment.roundUp(SyncWords.byteCount(members: members.count), 64))
+    }
+
+    func record(_ i: Int) -> UnsafeMutableRawPointer { records.base + i * SharedSegment.memberRecordBytes }
+}
+
+/// One rank's endpoint of a group on the shared-memory transport: the same protocol
+/// as in-process, with buffers published as offsets into the segment.
+final class SharedMemoryChannel: PeerMemoryChannel {
+    let world: SharedMemoryWorldState
+    let group: SharedGroupState
+    let index: Int
+
+    init(world: SharedMemoryWorldState, group: SharedGroupState, index: Int) {
+        self.world = world
+        self.group = group
+        self.index = index
+    }
+
+    var members: [Int] { group.members }
+    var label: String { group.label }
+    var nextCall: Int { group.sync.nextCall(member: index) }
+
+    private static let noOutput = UInt64.max
+
+    func publish(_ header: CallHeader, _ buffers: PeerBuffers) {
+        let base = world.segment.base
+        let record = group.record(index)
+        let words = record.assumingMemoryBound(to: UInt64.self)
+        words[0] = UInt64(UnsafeRawPointer(buffers.input) - UnsafeRawPointer(base))
+        words[1] = buffers.output.map { UInt64(UnsafeRawPointer($0) - UnsafeRawPointer(base)) } ?? Self.noOutput
+        let encoded = header.encoded(limit: SharedSegment.memberRecordBytes - 24)
+        (record + 16).assumingMemoryBound(to: UInt32.self).pointee = UInt32(encoded.count)
+        encoded.withUnsafeBytes { (record + 24).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        group.keepAlive.withLock { $0 = buffers.storage }
+    }
+
+    func post(_ phase: Phase, call: Int) {
+        group.sync.post(member: index, value: SyncWords.target(call: call, phase: phase), shared: true)
+    }
+
+    func wait(_ phase: Phase, call: Int, op: String) throws {
+        let target = SyncWords.target(call: call, phase: phase)
+        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(world.timeoutNanoseconds)
+        let deadline = phase == .arrived && !overflow ? sum : .max
+        let reached = try group.sync.wait(for: target, spin: world.spin, shared: true, deadline: deadline) {
+            if let error = world.abortError { throw error }
+            // Read who left first: a rank's last posts come before it leaves.
+            let gone = world.goneRanks(among: members)
+            let missing = group.sync.missing(below: target).map { members[$0] }
+            if let rank = gone.first(where: missing.contains) {
+                if let error = world.abortError { throw error }
+                let error = FVDError.peerExited(rank: rank, op: op, group: label)
+                world.abort(error, tellPeers: false)
+                throw error
+            }
+        }
+        if !reached {
+            let missing = group.sync.missing(below: target).map { members[$0] }
+            let error = FVDError.timeout(
+                op: op, group: label, call: call, missing: missing, seconds: Double(world.timeoutNanoseconds) / 1e9)
+            world.abort(error, tellPeers: true)
+            throw error
+        }
+    }
+
+    func header(of i: Int) -> CallHeader {
+        let record = group.record(i)
+        let count = Int((record + 16).assumingMemoryBound(to: UInt32.self).pointee)
+        return CallHeader(decoding: UnsafeRawBufferPointer(start: record + 24, count: count))
+    }
+
+    func buffers(of i: Int) -> PeerBuffers {
+        let base = world.segment.base
+        let words = group.record(i).assumingMemoryBound(to: UInt64.self)
+        let output = words[1] == Self.noOutput ? nil : base + Int(words[1])
+        return PeerBuffers(input: UnsafeRawPointer(base + Int(words[0])), output: output)
+    }
+
+    func release() { group.keepAlive.withLock { $0 = [] } }
+
+    func enter() -> Bool { group.busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged }
+    func leave() { group.busy.store(false, ordering: .releasing) }
+
+    func checkHealthy() throws {
+        if let error = world.abortError { throw error }
+    }
+
+    func abort(_ error: FVDError) { world.abort(error, tellPeers: true) }
+}
+
+extension CallHeader {
+    /// A compact binary form for the shared segment (at most `limit` bytes; longer
+    /// texts are cut, shapes and arguments are kept whole up to the limit).
+    func encoded(limit: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        func int(_ v: Int) { withUnsafeBytes(of: Int64(v).littleEndian) { out += $0 } }
+        func text(_ s: String) {
+            let bytes = Array(s.utf8.prefix(1024))
+            int(bytes.count)
+            out += bytes
+        }
+        int(call)
+        text(op)
+        text(kind)
+        text(dtype.rawValue)
+        text(argumentText)
+        int(shape.count)
+        shape.forEach(int)
+        int(arguments.count)
+        arguments.forEach(int)
+        return Array(out.prefix(limit))
+    }
+
+    /// Decodes ``encoded(limit:)``; missing fields read as empty or zero.
+    init(decoding bytes: UnsafeRawBufferPointer) {
+        var at = 0
+        func int() -> Int {
+            guard at + 8 <= bytes.count else { return 0 }
+            defer { at += 8 }
+            return Int(Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: Int64.self)))
+        }
+        func text() -> String {
+            let n = max(0, min(int(), bytes.count - at))
+            defer { at += n }
+            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]), as: UTF8.self)
+        }
+        let call = int()
+        let op = text(), kind = text(), dtypeName = text(), argumentText = text()
+        let shape = (0..<max(0, min(int(), bytes.count / 8))).map { _ in int() }
+        let arguments = (0..<max(0, min(int(), bytes.count / 8))).map { _ in int() }
+        self.init(
+            op: op, kind: kind, dtype: DType(rawValue: dtypeName) ?? .uint8, shape: shape, arguments: arguments,
+            argumentText: argumentText, call: call)
+    }
+}
