@@ -6,7 +6,7 @@ public struct FVDCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "fvd",
         abstract: "FastVideo-style collectives for parallel video-diffusion: demo, benchmark, apply.",
-        subcommands: [DemoCommand.self, BenchCommand.self, ApplyCommand.self, SelfTestCommand.self]
+        subcommands: [DemoCommand.self, BenchCommand.self, ApplyCommand.self, SelfTestCommand.self, LaunchCommand.self]
     )
 
     public init() {}

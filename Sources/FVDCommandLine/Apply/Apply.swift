@@ -73,6 +73,11 @@ struct RankFile: Sendable {
     var format: Format
     var tensor: Tensor
 
+    var isNPY: Bool {
+        if case .npy = format { return true }
+        return false
+    }
+
     /// The file name for `rank` in this format.
     static func fileName(rank: Int, npy: Bool) -> String { "rank\(rank).\(npy ? "npy" : "safetensors")" }
 
@@ -121,34 +126,78 @@ struct RankFile: Sendable {
 /// into place only after all of them were written, so a failure leaves no partial result.
 /// - Returns: the paths written, in rank order.
 public func runApply(_ config: ApplyConfiguration) throws -> [String] {
+    let (layout, files) = try config.validatedInputs()
+    let world = try World.inProcess(size: config.worldSize, timeout: config.timeout)
+    let inputs = files.map(\.tensor)
+    let outputs = try world.run { group in try config.apply(to: inputs[group.rank], on: group, layout: layout) }
+    return try writeAllOrNothing(into: config.outputDirectory, superseding: config.otherFormatNames(files)) { staging in
+        try zip(files, outputs).enumerated().map { rank, pair in try pair.0.write(pair.1, rank: rank, into: staging) }
+    }
+}
+
+/// `fvd apply --transport shm`, outside a launcher: checks everything, then runs the
+/// same command as `worldSize` processes (``runApplyAsRank(_:staging:)``), which write
+/// into one staging folder; the outputs are moved into place only if every rank succeeded.
+/// - Returns: the paths written, in rank order.
+func runApplyAsProcesses(_ config: ApplyConfiguration, relaunch: (_ staging: String) throws -> Int32) throws -> [String] {
+    let (_, files) = try config.validatedInputs()
+    return try writeAllOrNothing(into: config.outputDirectory, superseding: config.otherFormatNames(files)) { staging in
+        let status = try relaunch(staging)
+        guard status == 0 else { throw ApplyRanksFailed(status: status) }
+        return files.enumerated().map { rank, file in RankFile.fileName(rank: rank, npy: file.isNPY) }
+    }
+}
+
+/// The ranks of a multi-process `fvd apply` failed; they printed why.
+struct ApplyRanksFailed: Error {
+    var status: Int32
+}
+
+/// One rank of `fvd apply --transport shm`: reads its own file, runs the operation on
+/// the world from the environment, and writes its result into `staging`.
+func runApplyAsRank(_ config: ApplyConfiguration, staging: String) throws {
     try config.checkOptions()
     let layout = try config.layout()
-    let world = try World.inProcess(size: config.worldSize, timeout: config.timeout)
-    let files = try (0..<config.worldSize).map { try RankFile.read(directory: config.inputDirectory, rank: $0) }
-    let inputs = files.map(\.tensor)
-    let outputs = try world.run { group -> Tensor in
+    let world = try World.fromEnvironment(timeout: config.timeout)
+    guard world.size == config.worldSize else {
+        throw FVDError.invalidArgument("--world-size \(config.worldSize) differs from WORLD_SIZE=\(world.size)")
+    }
+    let file = try RankFile.read(directory: config.inputDirectory, rank: world.rank)
+    let output = try world.run { group in try config.apply(to: file.tensor, on: group, layout: layout) }
+    _ = try file.write(output, rank: world.rank, into: staging)
+}
+
+extension ApplyConfiguration {
+    /// The checked options and layout, and every rank's file (read, so that a missing or
+    /// unreadable file is reported before any rank runs).
+    func validatedInputs() throws -> (GroupLayout, [RankFile]) {
+        try checkOptions()
+        let layout = try layout()
+        _ = try World.inProcess(size: worldSize, timeout: timeout)  // checks the size and timeout
+        let files = try (0..<worldSize).map { try RankFile.read(directory: inputDirectory, rank: $0) }
+        return (layout, files)
+    }
+
+    /// The operation on one rank's tensor, with `world` the world group.
+    func apply(to x: Tensor, on world: GroupCoordinator, layout: GroupLayout) throws -> Tensor {
         let state = try ParallelState(
-            world: group, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)
-        let x = inputs[group.rank]
-        switch config.operation {
+            world: world, tensorParallel: layout.tensorParallelSize, sequenceParallel: layout.sequenceParallelSize)
+        switch operation {
         case .tensorModelParallelAllReduce:
-            return try state.tensorModelParallelAllReduce(x, op: config.reduceOp ?? .sum)
+            return try state.tensorModelParallelAllReduce(x, op: reduceOp ?? .sum)
         case .tensorModelParallelAllGather:
-            return try state.tensorModelParallelAllGather(x, dim: config.dim ?? -1)
+            return try state.tensorModelParallelAllGather(x, dim: dim ?? -1)
         case .sequenceModelParallelAllGather:
-            return try state.sequenceModelParallelAllGather(x, dim: config.dim ?? -1)
+            return try state.sequenceModelParallelAllGather(x, dim: dim ?? -1)
         case .sequenceModelParallelAllToAll4D:
-            return try state.sequenceModelParallelAllToAll4D(
-                x, scatterDim: config.scatterDim ?? 2, gatherDim: config.gatherDim ?? 1)
+            return try state.sequenceModelParallelAllToAll4D(x, scatterDim: scatterDim ?? 2, gatherDim: gatherDim ?? 1)
         }
     }
-    // A rank's output in the other format (from an earlier run) would make the folder ambiguous as input.
-    let otherFormat = files.enumerated().map { rank, file -> String in
-        if case .npy = file.format { return RankFile.fileName(rank: rank, npy: false) }
-        return RankFile.fileName(rank: rank, npy: true)
-    }
-    return try writeAllOrNothing(into: config.outputDirectory, superseding: otherFormat) { staging in
-        try zip(files, outputs).enumerated().map { rank, pair in try pair.0.write(pair.1, rank: rank, into: staging) }
+
+    /// Each rank's output name in the format it does not use: an earlier run's output there
+    /// would make the folder ambiguous as input.
+    func otherFormatNames(_ files: [RankFile]) -> [String] {
+        files.enumerated().map { rank, file in RankFile.fileName(rank: rank, npy: !file.isNPY) }
     }
 }
 

@@ -52,6 +52,9 @@ struct ApplyCommand: ParsableCommand {
     @Option(help: "Seconds a collective waits for missing ranks.")
     var timeout: Double = 60
 
+    @Option(help: ArgumentHelp("Internal: as a rank of --transport shm, write the output into this folder.", visibility: .private))
+    var rankStaging: String?
+
     func run() throws {
         do {
             try checkTransport(transport)
@@ -73,10 +76,24 @@ struct ApplyCommand: ParsableCommand {
                 }
                 config.reduceOp = reduceOp
             }
-            let paths = try runApply(config)
+            if transport == "shm", isLaunchedRank {
+                guard let rankStaging else { throw FVDError.invalidArgument("apply --transport shm runs its own ranks; start it without a launcher") }
+                try runApplyAsRank(config, staging: rankStaging)
+                return
+            }
+            let paths = transport == "shm"
+                ? try runApplyAsProcesses(config) { staging in
+                    try relaunchAsRanks(worldSize: worldSize, extraArguments: ["--rank-staging", staging])
+                }
+                : try runApply(config)
             print("\(operation.rawValue): wrote \(paths.count) file\(paths.count == 1 ? "" : "s") to \(outputs)")
+        } catch let failed as ApplyRanksFailed {
+            throw ExitCode(failed.status)  // the ranks and the launcher said why
         } catch let error as FVDError {
-            printError(error)
+            // As a rank, only rank 0 reports a shared failure; the others would repeat it.
+            if !isLaunchedRank || ProcessInfo.processInfo.environment["RANK"] == "0" || !error.isCollectiveFailure {
+                printError(error)
+            }
             throw ExitCode.failure
         }
     }
@@ -84,8 +101,35 @@ struct ApplyCommand: ParsableCommand {
 
 /// Throws unless `name` is a transport this build can run.
 func checkTransport(_ name: String) throws {
-    guard name == "inprocess" else {
+    guard name == "inprocess" || name == "shm" else {
         throw FVDError.invalidArgument(
-            "transport '\(name)' is not available in this build; use 'inprocess' (shared memory and MPI are not built yet)")
+            "transport '\(name)' is not available in this build; use 'inprocess' or 'shm' (MPI is not built yet)")
+    }
+}
+
+/// Whether this process was started as a rank by a launcher (`RANK` is set).
+var isLaunchedRank: Bool { ProcessInfo.processInfo.environment["RANK"] != nil }
+
+/// Runs this process's own command line again as `worldSize` ranks under `fvd launch`
+/// (output unprefixed, so rank 0's table reads as usual) and returns the launcher's
+/// exit status.
+func relaunchAsRanks(worldSize: Int, extraArguments: [String] = []) throws -> Int32 {
+    let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = ["launch", "-n", "\(worldSize)", "--no-prefix", "--", executable] + CommandLine.arguments.dropFirst() + extraArguments
+    try process.run()
+    process.waitUntilExit()
+    return process.terminationStatus
+}
+
+extension FVDError {
+    /// Whether every rank of the group sees this error alike (a mismatch, a bad argument
+    /// checked after the exchange, another rank's failure), so one rank's report suffices.
+    var isCollectiveFailure: Bool {
+        switch self {
+        case .file, .noParallelState, .concurrentUse: return false
+        default: return true
+        }
     }
 }

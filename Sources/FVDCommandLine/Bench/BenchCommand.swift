@@ -54,18 +54,32 @@ struct BenchCommand: ParsableCommand {
             }
             // Fail before a long run, not after it, when an output cannot be written.
             for path in [json, csv, plot].compactMap({ $0 }) { try checkWritable(path) }
-            print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
-                + "median of \(iters) iterations after \(warmup) warmup")
-            print(BenchReport.tableHeader)
-            let report = try runBenchmark(config) { done, total, what in
-                progress.show("[\(done + 1)/\(total)] \(what)")
+            var ranks = BenchRanks.inProcess
+            if transport == "shm" {
+                // Not yet a rank: run this same command as `worldSize` processes and report their outcome.
+                guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
+                ranks = .process(try World.fromEnvironment())
+            }
+            let printing = if case .process(let world) = ranks { world.rank == 0 } else { true }
+            if printing {
+                print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
+                    + "median of \(iters) iterations after \(warmup) warmup")
+                print(BenchReport.tableHeader)
+            }
+            let report = try runBenchmark(config, ranks: ranks) { done, total, what in
+                if printing { progress.show("[\(done + 1)/\(total)] \(what)") }
             } row: { row in
+                guard printing else { return }
                 progress.clear()
                 print(BenchReport.tableLine(row))
                 fflush(nil)  // rows appear as they are measured, also through a pipe
             }
-            print(report.averageLine)
-            try writeOutputs(report)
+            if printing {
+                print(report.averageLine)
+                try writeOutputs(report)
+            }
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
             progress.clear()
             printError(error)

@@ -167,12 +167,23 @@ public struct BenchConfiguration: Sendable {
 ///
 /// `progress(done, total, what)` is called before each row is measured and `row` after.
 public func runBenchmark(
-    _ config: BenchConfiguration, progress: (_ done: Int, _ total: Int, _ what: String) -> Void = { _, _, _ in },
+    _ config: BenchConfiguration, ranks: BenchRanks = .inProcess,
+    progress: (_ done: Int, _ total: Int, _ what: String) -> Void = { _, _, _ in },
     row: (BenchRow) -> Void = { _ in }
 ) throws -> BenchReport {
     try config.validate()
-    let world = try World.inProcess(size: config.worldSize, timeout: 300)
     let n = config.worldSize
+    let everyRank: (_ body: @escaping @Sendable (GroupCoordinator) throws -> [Double]) throws -> [Double]
+    switch ranks {
+    case .inProcess:
+        let world = try World.inProcess(size: n, timeout: 300)
+        everyRank = { body in try world.run(body)[0] }
+    case .process(let world):
+        guard world.size == n else {
+            throw FVDError.invalidArgument("--world-size \(n) differs from this process world's size \(world.size)")
+        }
+        everyRank = { body in try world.run(body) }
+    }
     var rows: [BenchRow] = []
     let total = config.operations.count * config.sizes.count
     var step = 0
@@ -186,7 +197,7 @@ public func runBenchmark(
             if rows.contains(where: { $0.op == op && $0.count == shape.reduce(1, *) }) { continue }
             let elements = shape.reduce(1, *)
             let inputBytes = elements * config.dtype.byteSize
-            let outOfPlace = try timeOnRankZero(world, config) { group in
+            let outOfPlace = try timeOnRankZero(everyRank, config) { group in
                 let x = try Tensor(zeros: shape, dtype: config.dtype)
                 return {
                     switch op {
@@ -197,14 +208,14 @@ public func runBenchmark(
                     }
                 }
             }
-            let inPlace: [Double]? = try op.hasInPlaceForm ? timeOnRankZero(world, config) { group in
+            let inPlace: [Double]? = op.hasInPlaceForm ? try timeOnRankZero(everyRank, config) { group in
                 var y = try Tensor(zeros: op == .allGather ? [elements * n] : shape, dtype: config.dtype)
                 return {
                     if op == .allReduce { try group.allReduce(inPlace: &y) } else { try group.allGather(inPlace: &y, dim: 0) }
                 }
             } : nil
             let modelBytes = op.modelBytes(inputBytes: inputBytes, worldSize: n)
-            let copyTimes = try timeOnRankZero(world, config) { group in
+            let copyTimes = try timeOnRankZero(everyRank, config) { group in
                 let source = try Tensor(zeros: [modelBytes], dtype: .uint8)
                 var destination = try Tensor(zeros: [modelBytes], dtype: .uint8)
                 return {
@@ -232,7 +243,7 @@ public func runBenchmark(
         }
     }
     return BenchReport(
-        transport: "inprocess", worldSize: n, dtype: config.dtype, warmup: config.warmup, iterations: config.iterations,
+        transport: ranks.name, worldSize: n, dtype: config.dtype, warmup: config.warmup, iterations: config.iterations,
         rows: rows)
 }
 
@@ -248,14 +259,31 @@ private func inputShape(_ op: BenchOperation, count: Int, worldSize n: Int) thro
     }
 }
 
+/// Where `fvd bench` runs its ranks.
+public enum BenchRanks: Sendable {
+    /// Threads of this process.
+    case inProcess
+    /// This process is one rank of a multi-process world; every rank calls ``runBenchmark(_:ranks:progress:row:)``.
+    case process(ProcessWorld)
+
+    /// The transport's name in the report.
+    var name: String {
+        switch self {
+        case .inProcess: return "inprocess"
+        case .process(let world): return world.size == 1 ? "inprocess" : "shm"
+        }
+    }
+}
+
 /// Runs `prepare` on every rank, then times the returned step `warmup + iterations` times,
-/// each after a barrier; returns rank 0's durations in seconds (the collective's own closing
-/// rendezvous makes rank 0 finish only when every rank has).
+/// each after a barrier; returns this process's durations in seconds (rank 0's in process;
+/// the collective's own closing rendezvous makes a rank finish only when every rank has).
 private func timeOnRankZero(
-    _ world: InProcessWorld, _ config: BenchConfiguration,
+    _ everyRank: (_ body: @escaping @Sendable (GroupCoordinator) throws -> [Double]) throws -> [Double],
+    _ config: BenchConfiguration,
     prepare: @escaping @Sendable (GroupCoordinator) throws -> () throws -> Void
 ) throws -> [Double] {
-    let results = try world.run { group -> [Double] in
+    try everyRank { group -> [Double] in
         let step = try prepare(group)
         var times: [Double] = []
         for i in 0..<(config.warmup + config.iterations) {
@@ -268,7 +296,6 @@ private func timeOnRankZero(
         }
         return times
     }
-    return results[0]
 }
 
 extension Array where Element == Double {

@@ -1,0 +1,130 @@
+import FastVideoDistributed
+import Foundation
+import Testing
+
+@testable import FVDCommandLine
+
+/// The shared-memory objects in /dev/shm that jobs of this test process's launchers could leave.
+private func leftoverSegments() -> [String] {
+    listing(URL(fileURLWithPath: "/dev/shm")).filter { $0.hasPrefix("fvd-") }
+}
+
+/// `fvd launch -n W -- fvd ARGS…`.
+private func launch(_ n: Int, _ arguments: [String], timeout: Double = 60) throws -> ProcessResult {
+    try runFVD(["launch", "-n", "\(n)", "--", try fvdExecutable().path] + arguments, timeout: timeout)
+}
+
+@Suite("Shared-memory transport, one process per rank", .serialized)
+struct SharedMemoryTests {
+    @Test("every collective equals the in-process transport bitwise", arguments: [2, 3, 4])
+    func selftest(worldSize n: Int) throws {
+        let before = leftoverSegments()
+        let result = try launch(n, ["selftest"])
+        #expect(result.status == 0, "\(result.stderr)")
+        for rank in 0..<n {
+            #expect(result.stdout.contains("[r\(rank)] selftest rank \(rank) of \(n) (shared memory)"), "\(result.stdout)")
+        }
+        #expect(leftoverSegments() == before)
+    }
+
+    @Test(
+        "a rank that dies, exits, throws or passes another shape ends every rank with an error within 5 s",
+        arguments: [
+            ("kill", "rank 1 exited while the others waited for it in all_reduce"),
+            ("exit", "rank 1 exited while the others waited for it in all_reduce"),
+            ("throw", "rank 1 failed: injected failure on rank 1"),
+            ("shape", "ranks passed different shapes: rank 0 [1, 6, 6, 4], rank 1 [1, 6, 6, 4, 1], rank 2 [1, 6, 6, 4]"),
+        ])
+    func failures(_ inject: String, _ message: String) throws {
+        let before = leftoverSegments()
+        let result = try launch(3, ["selftest", "--inject", inject, "--inject-rank", "1"], timeout: 30)
+        #expect(result.status != 0)
+        // Ranks 0 and 2 report the cause themselves (the launcher's grace period is 5 s).
+        for rank in [0, 2] { #expect(result.stderr.contains("[r\(rank)] error: ") && result.stderr.contains(message), "\(result.stderr)") }
+        #expect(result.seconds < 5 + 3, "took \(result.seconds) s")
+        #expect(leftoverSegments() == before)
+    }
+
+    @Test("a rank that arrives late but within the timeout succeeds")
+    func lateRank() throws {
+        let result = try launch(2, ["selftest", "--inject", "late", "--inject-rank", "0"])
+        #expect(result.status == 0, "\(result.stderr)")
+    }
+
+    @Test("a rank that never arrives: the others time out naming it; SIGINT to the launcher ends all and removes the 0600 segment")
+    func missingRankAndInterrupt() throws {
+        let fvd = try fvdExecutable().path
+        // Rank 1 never starts its world: rank 0 creates the segment and waits for it.
+        let script = "if [ \"$RANK\" = 0 ]; then exec \(fvd) selftest --timeout 1; else sleep 30; fi"
+        let timedOut = try runFVD(["launch", "-n", "2", "--grace", "1", "--", "/bin/sh", "-c", script], timeout: 30)
+        #expect(timedOut.status != 0)
+        #expect(timedOut.stderr.contains("timed out after 1 s waiting for rank 1"), "\(timedOut.stderr)")
+
+        let before = leftoverSegments()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: fvd)
+        process.arguments = ["launch", "-n", "2", "--", "/bin/sh", "-c", script.replacingOccurrences(of: "--timeout 1", with: "--timeout 60")]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let job = "fvd-\(process.processIdentifier)-"
+        var segment: String?
+        for _ in 0..<200 where segment == nil {
+            usleep(20_000)
+            segment = leftoverSegments().first { $0.hasPrefix(job) }
+        }
+        let name = try #require(segment, "rank 0 never created its segment")
+        let attributes = try FileManager.default.attributesOfItem(atPath: "/dev/shm/\(name)")
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+        let start = Date()
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        #expect(Date().timeIntervalSince(start) < 5)
+        #expect(process.terminationStatus != 0)
+        #expect(leftoverSegments() == before.filter { !$0.hasPrefix(job) })
+    }
+
+    @Test("fvd apply --transport shm writes FastVideo's bytes", arguments: ["a2a_21_sp4_float32", "tp_all_reduce_sum_tp3_float16", "a2a_21_sp3_bfloat16_safetensors"])
+    func applyOverProcesses(_ name: String) throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/apply/\(name)")
+        let args = try String(contentsOf: folder.appendingPathComponent("args"), encoding: .utf8)
+            .split(whereSeparator: \.isWhitespace).map(String.init)
+        let output = try temporaryFolder("apply-shm")
+        defer { try? FileManager.default.removeItem(at: output) }
+        let result = try runFVD(["apply"] + args + ["--transport", "shm", "--inputs", folder.appendingPathComponent("in").path, "--outputs", output.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        for file in listing(folder.appendingPathComponent("expected")) {
+            #expect(try Data(contentsOf: output.appendingPathComponent(file)) == Data(contentsOf: folder.appendingPathComponent("expected/\(file)")))
+        }
+        #expect(listing(output) == listing(folder.appendingPathComponent("expected")))
+    }
+
+    @Test("fvd apply --transport shm: a failure leaves no output")
+    func applyFailure() throws {
+        let input = try temporaryFolder("apply-in"), output = try temporaryFolder("apply-out")
+        defer {
+            try? FileManager.default.removeItem(at: input)
+            try? FileManager.default.removeItem(at: output)
+        }
+        for (rank, n) in [4, 5].enumerated() {
+            try Tensor(zeros: [n], dtype: .float32).writeNPY(to: input.appendingPathComponent("rank\(rank).npy").path)
+        }
+        let result = try runFVD(["apply", "tensor_model_parallel_all_reduce", "--world-size", "2", "--transport", "shm",
+                                 "--inputs", input.path, "--outputs", output.path], timeout: 30)
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("ranks passed different shapes: rank 0 [4], rank 1 [5]"), "\(result.stderr)")
+        #expect(listing(output).isEmpty)
+    }
+
+    @Test("fvd bench --transport shm runs the ranks as processes and reports transport shm")
+    func bench() throws {
+        let folder = try temporaryFolder("bench-shm")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let json = folder.appendingPathComponent("r.json")
+        let result = try runFVD(["bench", "--transport", "shm", "--world-size", "3", "-b", "64K", "-e", "64K", "--warmup", "0", "--iters", "2", "--json", json.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }.count == 4, "\(result.stdout)")
+        let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: json))
+        #expect(report.transport == "shm" && report.worldSize == 3 && report.rows.count == 4)
+    }
+}
