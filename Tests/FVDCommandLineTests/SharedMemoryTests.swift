@@ -127,4 +127,13 @@ struct SharedMemoryTests {
         let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: json))
         #expect(report.transport == "shm" && report.worldSize == 3 && report.rows.count == 4)
     }
+
+    @Test("fvd demo --transport shm: the block on 4 processes matches one rank")
+    func demo() throws {
+        let result = try runFVD(["demo", "--transport", "shm"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("world 4 processes (shared memory): tp 2, sp 2"))
+        #expect(result.stdout.contains("max abs error vs single-rank reference: 2.861e-06"))
+        #expect(result.stdout.hasSuffix("PASS\n"))
+    }
 }

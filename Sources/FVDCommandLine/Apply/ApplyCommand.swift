@@ -99,30 +99,6 @@ struct ApplyCommand: ParsableCommand {
     }
 }
 
-/// Throws unless `name` is a transport this build can run.
-func checkTransport(_ name: String) throws {
-    guard name == "inprocess" || name == "shm" else {
-        throw FVDError.invalidArgument(
-            "transport '\(name)' is not available in this build; use 'inprocess' or 'shm' (MPI is not built yet)")
-    }
-}
-
-/// Whether this process was started as a rank by a launcher (`RANK` is set).
-var isLaunchedRank: Bool { ProcessInfo.processInfo.environment["RANK"] != nil }
-
-/// Runs this process's own command line again as `worldSize` ranks under `fvd launch`
-/// (output unprefixed, so rank 0's table reads as usual) and returns the launcher's
-/// exit status.
-func relaunchAsRanks(worldSize: Int, extraArguments: [String] = []) throws -> Int32 {
-    let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = ["launch", "-n", "\(worldSize)", "--no-prefix", "--", executable] + CommandLine.arguments.dropFirst() + extraArguments
-    try process.run()
-    process.waitUntilExit()
-    return process.terminationStatus
-}
-
 extension FVDError {
     /// Whether every rank of the group sees this error alike (a mismatch, a bad argument
     /// checked after the exchange, another rank's failure), so one rank's report suffices.

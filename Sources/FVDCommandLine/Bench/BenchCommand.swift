@@ -54,7 +54,7 @@ struct BenchCommand: ParsableCommand {
             }
             // Fail before a long run, not after it, when an output cannot be written.
             for path in [json, csv, plot].compactMap({ $0 }) { try checkWritable(path) }
-            var ranks = BenchRanks.inProcess
+            var ranks = RankPlacement.inProcess
             if transport == "shm" {
                 // Not yet a rank: run this same command as `worldSize` processes and report their outcome.
                 guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }

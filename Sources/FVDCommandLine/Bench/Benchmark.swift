@@ -167,7 +167,7 @@ public struct BenchConfiguration: Sendable {
 ///
 /// `progress(done, total, what)` is called before each row is measured and `row` after.
 public func runBenchmark(
-    _ config: BenchConfiguration, ranks: BenchRanks = .inProcess,
+    _ config: BenchConfiguration, ranks: RankPlacement = .inProcess,
     progress: (_ done: Int, _ total: Int, _ what: String) -> Void = { _, _, _ in },
     row: (BenchRow) -> Void = { _ in }
 ) throws -> BenchReport {
@@ -256,22 +256,6 @@ private func inputShape(_ op: BenchOperation, count: Int, worldSize n: Int) thro
         // [1, S/n, H, D] with H = 4n heads of D = 128: balanced and divisible for any n.
         let heads = 4 * n, headDim = 128
         return [1, max(1, count / (heads * headDim)), heads, headDim]
-    }
-}
-
-/// Where `fvd bench` runs its ranks.
-public enum BenchRanks: Sendable {
-    /// Threads of this process.
-    case inProcess
-    /// This process is one rank of a multi-process world; every rank calls ``runBenchmark(_:ranks:progress:row:)``.
-    case process(ProcessWorld)
-
-    /// The transport's name in the report.
-    var name: String {
-        switch self {
-        case .inProcess: return "inprocess"
-        case .process(let world): return world.size == 1 ? "inprocess" : "shm"
-        }
     }
 }
 

@@ -55,29 +55,48 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Seconds a collective waits for missing ranks.")
     var timeout: Double = 60
 
+    @Option(help: "How ranks talk: 'inprocess' (threads) or 'shm' (one process per rank, started through fvd launch).")
+    var transport: String = "inprocess"
+
     func run() throws {
         let config = DemoConfiguration(
             worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp, frames: frames, height: height,
             width: width, hidden: hidden, heads: heads, seed: seed, timeout: timeout, tolerance: tolerance)
         let report: DemoReport
+        var placement = RankPlacement.inProcess
         do {
-            report = try runDemo(config)
+            try checkTransport(transport)
+            if transport == "shm" {
+                guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
+                placement = .process(try World.fromEnvironment(timeout: timeout))
+            }
+            report = try runDemo(config, ranks: placement)
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
+            // Ranks of one world see a shared failure alike: rank 0 reports it.
+            if case .process(let world) = placement, world.rank != 0, (error as? FVDError)?.isCollectiveFailure == true {
+                throw ExitCode.failure
+            }
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             throw ExitCode.failure
         }
-        print(render(report))
+        if case .process(let world) = placement, world.rank != 0 {
+            if !report.passed { throw ExitCode.failure }
+            return
+        }
+        print(render(report, transport: placement.name))
         if !report.passed { throw ExitCode.failure }
     }
 }
 
 /// The demo's report as text: header, rank map, timing table, error, verdict.
-func render(_ report: DemoReport) -> String {
+func render(_ report: DemoReport, transport: String = "inprocess") -> String {
     let c = report.configuration
     var lines = [
         "fvd demo: video-DiT block, \(c.frames) frames × \(c.height)×\(c.width) patches = \(c.tokens) tokens, "
             + "hidden \(c.hidden), \(c.heads) heads, text dim \(c.textDim), MLP ×\(c.mlpRatio)",
-        "world \(c.worldSize) in-process ranks: tp \(c.tensorParallel), sp \(c.sequenceParallel), "
+        "world \(c.worldSize) \(transport == "shm" ? "processes (shared memory)" : "in-process ranks"): tp \(c.tensorParallel), sp \(c.sequenceParallel), "
             + "\(c.samples) replica\(c.samples == 1 ? "" : "s") of \(c.replicaSize) rank\(c.replicaSize == 1 ? "" : "s"), "
             + "one sample each",
         "",

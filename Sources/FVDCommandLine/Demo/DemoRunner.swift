@@ -138,7 +138,7 @@ public struct DemoReport: Sendable {
 ///   for a bad layout, ``FVDError/indivisible(op:dim:size:parts:)`` from the all-to-all when
 ///   the heads do not divide by `sp`, ``FVDError/invalidArgument(_:)`` for sizes the block
 ///   cannot use (e.g. `hidden` not divisible by `heads`, or the TP splits not even).
-public func runDemo(_ config: DemoConfiguration) throws -> DemoReport {
+public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProcess) throws -> DemoReport {
     _ = try GroupLayout(
         worldSize: config.worldSize, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
     try validate(config)
@@ -146,11 +146,8 @@ public func runDemo(_ config: DemoConfiguration) throws -> DemoReport {
         tokens: config.tokens, hidden: config.hidden, heads: config.heads, textDim: config.textDim,
         mlpHidden: config.mlpRatio * config.hidden)
     let weights = DemoWeights(shape: shape, seed: config.seed)
-    let world = try World.inProcess(size: config.worldSize, timeout: config.timeout)
     let clock = ContinuousClock()
-
-    let start = clock.now
-    let results = try world.run { comm in
+    let rankBody: @Sendable (GroupCoordinator) throws -> DemoRankResult = { comm in
         let state = try ParallelState(
             world: comm, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
         let sample = DemoSample(shape: shape, seed: config.seed, index: comm.rank / config.replicaSize)
@@ -162,25 +159,53 @@ public func runDemo(_ config: DemoConfiguration) throws -> DemoReport {
         }
         return DemoRankResult(output: output, records: timed.records, rankMap: comm.rank == 0 ? state.describe() : "")
     }
-    let wall = clock.now - start
-
-    let referenceStart = clock.now
-    var references: [DemoMatrix] = []
-    for index in 0..<config.samples {
-        references.append(
-            try DemoBlock.forward(
-                sample: DemoSample(shape: shape, seed: config.seed, index: index), weights: weights, shape: shape,
-                comm: DemoLocal()))
+    let reference = { (index: Int) throws -> DemoMatrix in
+        try DemoBlock.forward(
+            sample: DemoSample(shape: shape, seed: config.seed, index: index), weights: weights, shape: shape, comm: DemoLocal())
     }
-    let referenceTime = clock.now - referenceStart
 
-    var error = 0.0
-    for (rank, result) in results.enumerated() {
-        error = maxAbsDifference(result.output, references[rank / config.replicaSize], atLeast: error)
+    switch ranks {
+    case .inProcess:
+        let world = try World.inProcess(size: config.worldSize, timeout: config.timeout)
+        let start = clock.now
+        let results = try world.run(rankBody)
+        let wall = clock.now - start
+        let referenceStart = clock.now
+        let references = try (0..<config.samples).map(reference)
+        let referenceTime = clock.now - referenceStart
+        var error = 0.0
+        for (rank, result) in results.enumerated() {
+            error = maxAbsDifference(result.output, references[rank / config.replicaSize], atLeast: error)
+        }
+        return DemoReport(
+            configuration: config, rankMap: results[0].rankMap, maxAbsError: error, tolerance: config.tolerance,
+            timings: aggregate(results.map(\.records)), wallSeconds: seconds(wall), referenceSeconds: seconds(referenceTime))
+
+    case .process(let world):
+        guard world.size == config.worldSize else {
+            throw FVDError.invalidArgument("--world-size \(config.worldSize) differs from WORLD_SIZE=\(world.size)")
+        }
+        let start = clock.now
+        let result = try world.run(rankBody)
+        let wall = clock.now - start
+        let referenceStart = clock.now
+        let mine = try reference(world.rank / config.replicaSize)
+        let referenceTime = clock.now - referenceStart
+        // Every rank checks its own output; the world agrees on the largest error and sums the timings.
+        let error = try world.group.allReduce(
+            Tensor([maxAbsDifference(result.output, mine, atLeast: 0)]), op: .max).scalars(as: Double.self)[0]
+        let local = aggregate([result.records])
+        let summed = try world.group.allReduce(
+            Tensor(shape: [local.count, 3], scalars: local.flatMap { [Double($0.calls), Double($0.totalBytes), $0.totalMicroseconds] }))
+            .scalars(as: Double.self)
+        let timings = local.enumerated().map { i, t in
+            DemoCollectiveTiming(
+                name: t.name, calls: Int(summed[3 * i]), totalBytes: Int(summed[3 * i + 1]), totalMicroseconds: summed[3 * i + 2])
+        }
+        return DemoReport(
+            configuration: config, rankMap: result.rankMap, maxAbsError: error, tolerance: config.tolerance,
+            timings: timings, wallSeconds: seconds(wall), referenceSeconds: seconds(referenceTime))
     }
-    return DemoReport(
-        configuration: config, rankMap: results[0].rankMap, maxAbsError: error, tolerance: config.tolerance,
-        timings: aggregate(results.map(\.records)), wallSeconds: seconds(wall), referenceSeconds: seconds(referenceTime))
 }
 
 // MARK: - Helpers

@@ -1,0 +1,46 @@
+import FastVideoDistributed
+import Foundation
+
+// What the commands share about choosing and starting a transport.
+
+/// Throws unless `name` is a transport this build can run.
+func checkTransport(_ name: String) throws {
+    guard name == "inprocess" || name == "shm" else {
+        throw FVDError.invalidArgument(
+            "transport '\(name)' is not available in this build; use 'inprocess' or 'shm' (MPI is not built yet)")
+    }
+}
+
+/// Whether this process was started as a rank by a launcher (`RANK` is set).
+var isLaunchedRank: Bool { ProcessInfo.processInfo.environment["RANK"] != nil }
+
+/// Runs this process's own command line again as `worldSize` ranks under `fvd launch`
+/// (output unprefixed, so rank 0's table reads as usual) and returns the launcher's
+/// exit status.
+func relaunchAsRanks(worldSize: Int, extraArguments: [String] = []) throws -> Int32 {
+    let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = ["launch", "-n", "\(worldSize)", "--no-prefix", "--", executable] + CommandLine.arguments.dropFirst() + extraArguments
+    try process.run()
+    process.waitUntilExit()
+    return process.terminationStatus
+}
+
+
+/// Where a command runs its ranks.
+public enum RankPlacement: Sendable {
+    /// Threads of this process.
+    case inProcess
+    /// This process is one rank of a multi-process world; every rank runs the same command.
+    case process(ProcessWorld)
+
+    /// The transport's name in the report.
+    var name: String {
+        switch self {
+        case .inProcess: return "inprocess"
+        case .process(let world): return world.size == 1 ? "inprocess" : "shm"
+        }
+    }
+}
+
