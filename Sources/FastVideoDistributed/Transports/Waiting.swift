@@ -14,6 +14,8 @@ import Musl
 /// shared mapping that outlives it. All access goes through the C11 atomics in CFVDShims.
 final class SyncWords: @unchecked Sendable {
     static let line = 64
+    /// How long a waiter spins before it yields and then sleeps.
+    let spinNanoseconds: UInt64 = 250_000
     let base: UnsafeMutableRawPointer
     let memberCount: Int
     private let owned: Bool
@@ -85,10 +87,19 @@ final class SyncWords: @unchecked Sendable {
     ) rethrows -> Bool {
         if allReached(target) { return true }
         if spin {
-            for i in 0..<20_000 {
+            // Bounded by time, not iterations: a `pause` costs 10–150 cycles depending on the
+            // CPU, and a peer that is descheduled (other load on the cores) would otherwise
+            // cost each wait a millisecond of spinning.
+            let spinUntil = DispatchTime.now().uptimeNanoseconds &+ spinNanoseconds
+            var i = 0
+            while true {
                 fvd_cpu_relax()
                 if allReached(target) { return true }
-                if i & 1023 == 1023 { try check() }
+                i &+= 1
+                if i & 63 == 0 {
+                    if DispatchTime.now().uptimeNanoseconds > spinUntil { break }
+                    if i & 1023 == 0 { try check() }
+                }
             }
         }
         for _ in 0..<(spin ? 16 : 4) {
