@@ -81,3 +81,13 @@ int fvd_shm_create_or_open(const char *name) {
 int fvd_shm_unlink(const char *name) {
     return shm_unlink(name) == 0 ? 0 : -errno;
 }
+
+int fvd_fallocate(int fd, int64_t offset, int64_t length) {
+    int rc;
+    do { rc = posix_fallocate(fd, (off_t)offset, (off_t)length); } while (rc == EINTR);
+    return rc;
+}
+
+int fvd_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0 ? 0 : errno;
+}

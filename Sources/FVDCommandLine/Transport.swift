@@ -44,3 +44,22 @@ public enum RankPlacement: Sendable {
     }
 }
 
+
+/// Prints `error` as one line, except on a launched rank other than 0 when every rank
+/// sees the same failure (rank 0 reports it; the others would only repeat it).
+func reportError(_ error: any Error) {
+    let rank = ProcessInfo.processInfo.environment["RANK"]
+    if let error = error as? FVDError, error.isCollectiveFailure, let rank, rank != "0" { return }
+    printError(error)
+}
+
+extension FVDError {
+    /// Whether every rank of the group sees this error alike (a mismatch, a bad argument
+    /// checked after the exchange, another rank's failure), so one rank's report suffices.
+    var isCollectiveFailure: Bool {
+        switch self {
+        case .file, .noParallelState, .concurrentUse: return false
+        default: return true
+        }
+    }
+}

@@ -25,6 +25,11 @@ static inline void fvd_cpu_relax(void) {
     __asm__ __volatile__("yield");
 /// shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); returns the fd or -errno.
 int fvd_shm_create_or_open(const char *name);
+/// Allocates the pages of [offset, offset + length) of `fd` (posix_fallocate); 0 or an errno
+/// (ENOSPC when /dev/shm is full), so a later write cannot die of SIGBUS.
+int fvd_fallocate(int fd, int64_t offset, int64_t length);
+/// Gives the pages of [offset, offset + length) of `fd` back (punches a hole; the size stays); 0 or an errno.
+int fvd_punch_hole(int fd, int64_t offset, int64_t length);
 /// shm_unlink(name); returns 0 or -errno.
 int fvd_shm_unlink(const char *name);
 
@@ -46,6 +51,11 @@ void fvd_store_fence(void);
 
 /// shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); returns the fd or -errno.
 int fvd_shm_create_or_open(const char *name);
+/// Allocates the pages of [offset, offset + length) of `fd` (posix_fallocate); 0 or an errno
+/// (ENOSPC when /dev/shm is full), so a later write cannot die of SIGBUS.
+int fvd_fallocate(int fd, int64_t offset, int64_t length);
+/// Gives the pages of [offset, offset + length) of `fd` back (punches a hole; the size stays); 0 or an errno.
+int fvd_punch_hole(int fd, int64_t offset, int64_t length);
 /// shm_unlink(name); returns 0 or -errno.
 int fvd_shm_unlink(const char *name);
 

@@ -46,7 +46,7 @@ struct ApplyCommand: ParsableCommand {
     @Option(help: "Folder for the outputs (created if missing).")
     var outputs: String
 
-    @Option(help: "How ranks talk; only 'inprocess' is built so far.")
+    @Option(help: "How ranks talk; 'inprocess' (threads) or 'shm' (one process per rank, started through fvd launch).")
     var transport: String = "inprocess"
 
     @Option(help: "Seconds a collective waits for missing ranks.")
@@ -90,22 +90,9 @@ struct ApplyCommand: ParsableCommand {
         } catch let failed as ApplyRanksFailed {
             throw ExitCode(failed.status)  // the ranks and the launcher said why
         } catch let error as FVDError {
-            // As a rank, only rank 0 reports a shared failure; the others would repeat it.
-            if !isLaunchedRank || ProcessInfo.processInfo.environment["RANK"] == "0" || !error.isCollectiveFailure {
-                printError(error)
-            }
+            reportError(error)
             throw ExitCode.failure
         }
     }
 }
 
-extension FVDError {
-    /// Whether every rank of the group sees this error alike (a mismatch, a bad argument
-    /// checked after the exchange, another rank's failure), so one rank's report suffices.
-    var isCollectiveFailure: Bool {
-        switch self {
-        case .file, .noParallelState, .concurrentUse: return false
-        default: return true
-        }
-    }
-}

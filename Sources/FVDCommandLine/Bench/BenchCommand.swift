@@ -22,7 +22,7 @@ struct BenchCommand: ParsableCommand {
     var op: String = "all"
     @Option(name: .customLong("world-size"), help: "Number of ranks.")
     var worldSize: Int = 2
-    @Option(help: "How ranks talk; only 'inprocess' is built so far.")
+    @Option(help: "How ranks talk; 'inprocess' (threads) or 'shm' (one process per rank, started through fvd launch).")
     var transport: String = "inprocess"
     @Option(help: "Element type.")
     var dtype: String = "float32"
@@ -82,7 +82,7 @@ struct BenchCommand: ParsableCommand {
             throw exit
         } catch {
             progress.clear()
-            printError(error)
+            reportError(error)
             throw ExitCode.failure
         }
     }

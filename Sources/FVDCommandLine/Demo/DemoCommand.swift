@@ -74,11 +74,7 @@ struct DemoCommand: ParsableCommand {
         } catch let exit as ExitCode {
             throw exit
         } catch {
-            // Ranks of one world see a shared failure alike: rank 0 reports it.
-            if case .process(let world) = placement, world.rank != 0, (error as? FVDError)?.isCollectiveFailure == true {
-                throw ExitCode.failure
-            }
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            reportError(error)
             throw ExitCode.failure
         }
         if case .process(let world) = placement, world.rank != 0 {

@@ -28,10 +28,15 @@ struct SelfTestCommand: ParsableCommand {
 
     func run() throws {
         do {
+            // The reference first, in ordinary memory: once this process joins a multi-process
+            // world, its tensors (in-process ones included) live in the shared segment.
+            let env = ProcessInfo.processInfo.environment
+            let size = Int(env["WORLD_SIZE"] ?? "1") ?? 1, rank = Int(env["RANK"] ?? "0") ?? 0
+            let injectRank = injectRank
+            let expected = try World.inProcess(size: size, timeout: 60).run { group in
+                try runCollectives(group, worldSize: size, inject: nil, injectRank: injectRank)
+            }[min(max(rank, 0), size - 1)]
             let world = try World.fromEnvironment(timeout: timeout)
-            let expected = try World.inProcess(size: world.size, timeout: 60).run { group in
-                try runCollectives(group, worldSize: world.size, inject: nil, injectRank: injectRank)
-            }[world.rank]
             let got = try world.run { group in
                 try runCollectives(group, worldSize: world.size, inject: inject, injectRank: injectRank)
             }

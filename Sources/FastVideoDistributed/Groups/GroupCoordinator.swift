@@ -89,6 +89,13 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
             op: op, kind: kind ?? op, dtype: input.dtype, shape: input.shape, arguments: arguments, argumentText: text, call: call)
         // A multi-process peer can read only shared-heap memory: stage other inputs there (one copy).
         let input = input.peerVisible
+        guard input.storage.isPeerVisible, output?.storage.isPeerVisible ?? true else {
+            let error = FVDError.invalidArgument(
+                "\(op): no room in shared memory for \(input.byteCount + (output?.byteCount ?? 0)) bytes "
+                    + "(/dev/shm is full, or the rank's heap is)")
+            channel.abort(error)
+            throw error
+        }
         let buffers = PeerBuffers(
             input: input.storage.pointer, output: output?.storage.pointer,
             storage: [input.storage] + (output.map { [$0.storage] } ?? []))

@@ -95,13 +95,24 @@ extension World {
                 guard name.hasPrefix("/"), name.dropFirst().allSatisfy({ $0 != "/" }), name.count < 200 else {
                     throw FVDError.invalidArgument("FVD_SHM_NAME=\(name) must be '/' followed by a name without '/'")
                 }
+                if let local = env["LOCAL_WORLD_SIZE"], local != String(size) {
+                    throw FVDError.invalidArgument(
+                        "LOCAL_WORLD_SIZE=\(local) but WORLD_SIZE=\(size): the shared-memory transport joins ranks on one host only")
+                }
                 let segment = try SharedSegment(name: name, worldSize: size, rank: rank)
                 let shared = SharedMemoryWorldState(segment: segment, timeout: seconds)
-                SharedHeap.activate(SharedHeap(base: segment.heapBase(of: rank), capacity: segment.heapBytes))
-                world = ProcessWorld(
-                    rank: rank, size: size,
-                    group: try GroupCoordinator(name: "world", ranks: Array(0..<size), rank: rank, factory: shared),
-                    transport: "shared memory", shared: shared)
+                let group: GroupCoordinator
+                do {
+                    group = try GroupCoordinator(name: "world", ranks: Array(0..<size), rank: rank, factory: shared)
+                } catch let error as FVDError {
+                    shared.abort(.peerFailed(rank: rank, message: error.description), tellPeers: true)
+                    throw error
+                }
+                SharedHeap.activate(
+                    SharedHeap(
+                        base: segment.heapBase(of: rank), capacity: segment.heapBytes, fd: segment.fd,
+                        fileOffset: segment.heapBase(of: rank) - segment.base))
+                world = ProcessWorld(rank: rank, size: size, group: group, transport: "shared memory", shared: shared)
                 if !state.exitHookInstalled {
                     state.exitHookInstalled = true
                     atexit { markProcessWorldExited() }

@@ -32,6 +32,8 @@ final class SharedSegment: @unchecked Sendable {
     let worldSize: Int
     let rank: Int
     let base: UnsafeMutableRawPointer
+    /// The segment's file, kept open for ``SharedHeap`` to allocate and release pages.
+    let fd: Int32
     let byteCount: Int
     let controlOffset: Int, registryOffset: Int, channelOffset: Int, heapOffset: Int, heapBytes: Int
 
@@ -49,11 +51,20 @@ final class SharedSegment: @unchecked Sendable {
         heapOffset = Self.roundUp(channelOffset + Self.channelAreaBytes, 2 << 20)
         // Sparse: only touched pages use memory. At most 16 TiB of address space in all.
         heapBytes = min(64 << 30, (16 << 40) / worldSize) & ~4095
-        byteCount = heapOffset + worldSize * heapBytes
+        let total = heapOffset + worldSize * heapBytes
+        byteCount = total
 
         let fd = fvd_shm_create_or_open(name)
         guard fd >= 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "shm_open: \(errnoText(-fd))") }
-        defer { close(fd) }
+        self.fd = fd
+        var mapped: UnsafeMutableRawPointer?
+        var attached = false
+        defer {
+            if !attached {
+                if let mapped { munmap(mapped, total) }
+                close(fd)
+            }
+        }
         _ = fchmod(fd, 0o600)
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "fstat: \(errnoText(errno))") }
@@ -64,16 +75,23 @@ final class SharedSegment: @unchecked Sendable {
                     problem: "cannot size the segment to \(byteCount) bytes (it has \(info.st_size)): \(errnoText(errno))")
             }
         }
-        guard let mapped = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
+        guard let address = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), address != MAP_FAILED else {
             throw FVDError.file(path: "/dev/shm\(name)", problem: "mmap: \(errnoText(errno))")
         }
-        base = mapped
+        mapped = address
+        base = address
+        // The control and registry pages are written without SharedHeap: allocate them now
+        // so a full /dev/shm is an error here rather than SIGBUS later.
+        let metadataBytes = channelOffset
+        guard fvd_fallocate(fd, 0, Int64(metadataBytes)) == 0 else {
+            throw FVDError.file(path: "/dev/shm\(name)", problem: "no room for the segment's \(metadataBytes) control bytes (is /dev/shm full?)")
+        }
 
         // Claim the world: the first rank writes the magic and size, the others check them.
         if fvd_atomic_cas_u64(word(0), 0, Self.magic) != 0 {
             fvd_atomic_store_u64(word(8), UInt64(worldSize))
         } else {
-            while fvd_atomic_load_u64(word(8)) == 0 { sched_yield() }
+            try Self.spin(until: { fvd_atomic_load_u64(word(8)) != 0 }, what: "the segment's first rank to write its size")
         }
         guard fvd_atomic_load_u64(word(0)) == Self.magic, fvd_atomic_load_u64(word(8)) == UInt64(worldSize) else {
             throw FVDError.invalidArgument(
@@ -87,6 +105,19 @@ final class SharedSegment: @unchecked Sendable {
         }
         setState(.running, of: rank)
         if fvd_atomic_add_u64(word(16), 1) == UInt64(worldSize) { _ = fvd_shm_unlink(name) }
+        attached = true
+    }
+
+    /// Waits (yielding) until `condition` holds, at most 10 s: for a step another rank
+    /// does in a few instructions, so only a rank that died in the middle makes it throw.
+    static func spin(until condition: () -> Bool, what: String) throws {
+        let deadline = DispatchTime.now().uptimeNanoseconds + 10_000_000_000
+        while !condition() {
+            guard DispatchTime.now().uptimeNanoseconds < deadline else {
+                throw FVDError.invalidArgument("shared-memory segment: gave up after 10 s waiting for \(what); did a rank die?")
+            }
+            sched_yield()
+        }
     }
 
     static func roundUp(_ n: Int, _ to: Int) -> Int { (n + to - 1) / to * to }
@@ -108,12 +139,14 @@ final class SharedSegment: @unchecked Sendable {
 
     /// Records this rank's failure: its message, then the world's failed-rank word (first one wins).
     func recordFailure(_ message: String) {
+        guard state(of: rank) != .failed else { return }  // the first failure's message stands
         let bytes = Array(message.utf8.prefix(Self.controlBytes - 24))
         let line = base + controlOffset + rank * Self.controlBytes
         bytes.withUnsafeBytes { line.advanced(by: 24).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         (line + 16).assumingMemoryBound(to: UInt32.self).pointee = UInt32(bytes.count)
-        setState(.failed, of: rank)
+        // The failed-rank word before the state: a peer that sees this rank gone must find why.
         _ = fvd_atomic_cas_u64(word(24), 0, UInt64(rank + 1))
+        setState(.failed, of: rank)
     }
 
     /// The first rank that recorded a failure, and its message.
@@ -142,9 +175,11 @@ final class SharedSegment: @unchecked Sendable {
     /// The channel region of group `key` with `members` members: found in the registry,
     /// or claimed and carved from the channel area by the first member to ask.
     func channelRegion(key: String, members: Int) throws -> UnsafeMutableRawPointer {
-        let keyBytes = Array(key.utf8)
-        guard keyBytes.count <= Self.registrySlotBytes - 24 else {
-            throw FVDError.invalidArgument("group key \(key) is longer than \(Self.registrySlotBytes - 24) bytes")
+        var keyBytes = Array(key.utf8)
+        if keyBytes.count > Self.registrySlotBytes - 24 {
+            // Long member lists (large worlds): the key's start and a 64-bit FNV-1a hash of all of it.
+            let hash = keyBytes.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+            keyBytes = Array(keyBytes.prefix(Self.registrySlotBytes - 48)) + Array("#\(String(hash, radix: 16))".utf8)
         }
         let regionBytes = Self.roundUp(SyncWords.byteCount(members: members), 64) + members * Self.memberRecordBytes
         for slot in 0..<Self.registrySlots {
@@ -152,8 +187,11 @@ final class SharedSegment: @unchecked Sendable {
             let state = s.assumingMemoryBound(to: UInt64.self)
             if fvd_atomic_cas_u64(state, 0, 1) != 0 {
                 let offset = Int(fvd_atomic_add_u64(word(32), UInt64(regionBytes))) - regionBytes
-                guard offset + regionBytes <= Self.channelAreaBytes else {
-                    throw FVDError.invalidArgument("shared-memory segment: the channel area is full (too many groups)")
+                guard offset + regionBytes <= Self.channelAreaBytes,
+                    fvd_fallocate(fd, Int64(channelOffset + offset), Int64(regionBytes)) == 0
+                else {
+                    fvd_atomic_store_u64(state, 0)
+                    throw FVDError.invalidArgument("shared-memory segment: no room for group \(key) (too many groups, or /dev/shm full)")
                 }
                 (s + 8).assumingMemoryBound(to: UInt64.self).pointee = UInt64(offset)
                 (s + 16).assumingMemoryBound(to: UInt32.self).pointee = UInt32(keyBytes.count)
@@ -162,7 +200,8 @@ final class SharedSegment: @unchecked Sendable {
                 fvd_atomic_store_u64(state, 2)
                 return base + channelOffset + offset
             }
-            while fvd_atomic_load_u64(state) == 1 { sched_yield() }
+            try Self.spin(until: { fvd_atomic_load_u64(state) != 1 }, what: "another rank to register a group")
+            if fvd_atomic_load_u64(state) == 0 { continue }  // its claim failed; the slot is free again
             let length = Int((s + 16).assumingMemoryBound(to: UInt32.self).pointee)
             if length == keyBytes.count, memcmp(s + 24, keyBytes, length) == 0 {
                 return base + channelOffset + Int((s + 8).assumingMemoryBound(to: UInt64.self).pointee)
