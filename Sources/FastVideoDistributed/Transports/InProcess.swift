@@ -8,7 +8,7 @@ protocol ChannelFactory: Sendable {
 }
 
 /// The state the ranks of one in-process world share: groups, abort and exit flags.
-final class InProcessWorldState: ChannelFactory, Sendable {
+final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
     let size: Int
     let timeoutNanoseconds: UInt64
     let spin: Bool
@@ -48,7 +48,10 @@ final class InProcessWorldState: ChannelFactory, Sendable {
         wakeAll()
     }
 
-    func exitedRanks() -> [Int] { exited.withLock { flags in flags.indices.filter { flags[$0] } } }
+    func goneRanks(among ranks: [Int]) -> [Int] { exited.withLock { flags in ranks.filter { flags[$0] } } }
+
+    /// In one process every rank sees the world's abort error: `tellPeers` changes nothing.
+    func abort(_ error: FVDError, tellPeers: Bool) { abort(error) }
 
     private func wakeAll() {
         for g in groups.withLock({ Array($0.values) }) { g.sync.wake(shared: false) }
@@ -107,29 +110,7 @@ final class InProcessChannel: PeerMemoryChannel {
     }
 
     func wait(_ phase: Phase, call: Int, op: String) throws {
-        let target = SyncWords.target(call: call, phase: phase)
-        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(world.timeoutNanoseconds)
-        let deadline = phase == .arrived && !overflow ? sum : .max
-        let reached = try group.sync.wait(for: target, spin: world.spin, shared: false, deadline: deadline) {
-            if let error = world.abortError { throw error }
-            // Read the exits first: a rank's last posts happen before its exit mark, so a
-            // rank that posted and then left is not mistaken for a missing one.
-            let exited = world.exitedRanks()
-            let missing = group.sync.missing(below: target).map { members[$0] }
-            if let gone = exited.first(where: missing.contains) {
-                if let error = world.abortError { throw error }  // it failed rather than finished
-                let error = FVDError.peerExited(rank: gone, op: op, group: label)
-                world.abort(error)
-                throw error
-            }
-        }
-        if !reached {
-            let missing = group.sync.missing(below: target).map { members[$0] }
-            let error = FVDError.timeout(
-                op: op, group: label, call: call, missing: missing, seconds: Double(world.timeoutNanoseconds) / 1e9)
-            world.abort(error)
-            throw error
-        }
+        try group.sync.waitForPhase(phase, call: call, op: op, label: label, members: members, shared: false, world: world)
     }
 
     func header(of i: Int) -> CallHeader { group.slots[i].header }

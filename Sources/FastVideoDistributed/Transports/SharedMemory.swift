@@ -223,7 +223,7 @@ final class SharedSegment: @unchecked Sendable {
 
 /// The state one rank of a multi-process world keeps about it: the segment, the
 /// groups it has joined, its own failure, and how often it checks peers' liveness.
-final class SharedMemoryWorldState: ChannelFactory, Sendable {
+final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     let segment: SharedSegment
     let timeoutNanoseconds: UInt64
     let spin: Bool
@@ -359,28 +359,7 @@ final class SharedMemoryChannel: PeerMemoryChannel {
     }
 
     func wait(_ phase: Phase, call: Int, op: String) throws {
-        let target = SyncWords.target(call: call, phase: phase)
-        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(world.timeoutNanoseconds)
-        let deadline = phase == .arrived && !overflow ? sum : .max
-        let reached = try group.sync.wait(for: target, spin: world.spin, shared: true, deadline: deadline) {
-            if let error = world.abortError { throw error }
-            // Read who left first: a rank's last posts come before it leaves.
-            let gone = world.goneRanks(among: members)
-            let missing = group.sync.missing(below: target).map { members[$0] }
-            if let rank = gone.first(where: missing.contains) {
-                if let error = world.abortError { throw error }
-                let error = FVDError.peerExited(rank: rank, op: op, group: label)
-                world.abort(error, tellPeers: false)
-                throw error
-            }
-        }
-        if !reached {
-            let missing = group.sync.missing(below: target).map { members[$0] }
-            let error = FVDError.timeout(
-                op: op, group: label, call: call, missing: missing, seconds: Double(world.timeoutNanoseconds) / 1e9)
-            world.abort(error, tellPeers: true)
-            throw error
-        }
+        try group.sync.waitForPhase(phase, call: call, op: op, label: label, members: members, shared: true, world: world)
     }
 
     func header(of i: Int) -> CallHeader {

@@ -122,3 +122,50 @@ final class SyncWords: @unchecked Sendable {
         }
     }
 }
+
+/// What a channel's wait needs to know about its world.
+protocol WaitingWorld: AnyObject {
+    var timeoutNanoseconds: UInt64 { get }
+    var spin: Bool { get }
+    /// The error that ends this rank's use of the world, if any.
+    var abortError: FVDError? { get }
+    /// World ranks among `ranks` that have left (finished, failed or died).
+    func goneRanks(among ranks: [Int]) -> [Int]
+    /// Records `error` as this rank's end of the world; `tellPeers` for errors the
+    /// others cannot see for themselves (a timeout), not for a peer's exit.
+    func abort(_ error: FVDError, tellPeers: Bool)
+}
+
+extension SyncWords {
+    /// Blocks until every member reached `phase` of `call`, for ``PeerMemoryChannel/wait(_:call:op:)``.
+    ///
+    /// Only `.arrived` has a deadline. Throws the world's abort error, ``FVDError/peerExited(rank:op:group:)``
+    /// for a member that left while still missing, or ``FVDError/timeout(op:group:call:missing:seconds:)``.
+    func waitForPhase(
+        _ phase: Phase, call: Int, op: String, label: String, members: [Int], shared: Bool, world: some WaitingWorld
+    ) throws {
+        let target = SyncWords.target(call: call, phase: phase)
+        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(world.timeoutNanoseconds)
+        let deadline = phase == .arrived && !overflow ? sum : .max
+        let reached = try wait(for: target, spin: world.spin, shared: shared, deadline: deadline) {
+            if let error = world.abortError { throw error }
+            // Read who left first: a rank's last posts come before it leaves, so one that
+            // posted and then left is not mistaken for a missing one.
+            let gone = world.goneRanks(among: members)
+            let missing = self.missing(below: target).map { members[$0] }
+            if let rank = gone.first(where: missing.contains) {
+                if let error = world.abortError { throw error }  // it failed rather than finished
+                let error = FVDError.peerExited(rank: rank, op: op, group: label)
+                world.abort(error, tellPeers: false)
+                throw error
+            }
+        }
+        if !reached {
+            let missing = self.missing(below: target).map { members[$0] }
+            let error = FVDError.timeout(
+                op: op, group: label, call: call, missing: missing, seconds: Double(world.timeoutNanoseconds) / 1e9)
+            world.abort(error, tellPeers: true)
+            throw error
+        }
+    }
+}
