@@ -5,7 +5,7 @@ import Foundation
 public struct FVDCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "fvd",
-        abstract: "FastVideo-style collectives for parallel video-diffusion: demo, benchmark, apply.",
+        abstract: "FastVideo-style collectives for parallel video-diffusion: demo, benchmark, apply, launch.",
         subcommands: [DemoCommand.self, BenchCommand.self, ApplyCommand.self, SelfTestCommand.self, LaunchCommand.self]
     )
 
