@@ -1,3 +1,4 @@
+import ArgumentParser
 import FastVideoDistributed
 import Foundation
 
@@ -44,6 +45,20 @@ public enum RankPlacement: Sendable {
     }
 }
 
+
+/// The exit status of a launched rank that stops only because another rank failed or
+/// left (``FVDError/peerFailed(rank:message:)``, ``FVDError/peerExited(rank:op:group:)``):
+/// `fvd launch` then names a rank that failed for its own reason, when there is one.
+let consequenceExitStatus: Int32 = 2
+
+/// The exit code for a command that failed with `error`: ``consequenceExitStatus`` for
+/// a launched rank stopped by another rank's failure, 1 otherwise.
+func rankExitCode(for error: any Error) -> ExitCode {
+    switch error as? FVDError {
+    case .peerFailed?, .peerExited?: return isLaunchedRank ? ExitCode(consequenceExitStatus) : .failure
+    default: return .failure
+    }
+}
 
 /// Prints `error` as one line, except on a launched rank other than 0 when every rank
 /// sees the same failure (rank 0 reports it; the others would only repeat it).

@@ -225,6 +225,16 @@ struct LaunchTests {
         #expect(result.seconds < 5, "\(result.seconds) s")
     }
 
+    @Test("a rank that stopped only because another failed (status 2) is not the one named")
+    func consequenceIsNotNamed() throws {
+        let script = "if [ $RANK = 0 ]; then exit 2; fi; sleep 0.3; if [ $RANK = 1 ]; then exit 5; fi"
+        let result = try runFVD(["launch", "-n", "3", "--", "sh", "-c", script], timeout: 20)
+        #expect(result.status == 1)
+        #expect(errors(result) == ["error: rank 1 exited with status 5"])
+        let onlyConsequences = try runFVD(["launch", "-n", "2", "--", "sh", "-c", "exit 2"], timeout: 20)
+        #expect(errors(onlyConsequences).count == 1 && errors(onlyConsequences)[0].hasSuffix("exited with status 2"))
+    }
+
     @Test("a rank killed by a signal is reported with the signal's name")
     func killedRank() throws {
         let sleep = uniqueSleep()

@@ -42,6 +42,10 @@ struct SharedMemoryTests {
         // Ranks 0 and 2 report the cause themselves (the launcher's grace period is 5 s).
         for rank in [0, 2] { #expect(result.stderr.contains("[r\(rank)] error: ") && result.stderr.contains(message), "\(result.stderr)") }
         #expect(result.seconds < 5 + 3, "took \(result.seconds) s")
+        if inject != "shape" {
+            // The launcher names the rank that failed, not one that stopped because of it.
+            #expect(result.errorLines.last?.hasPrefix("error: rank 1 ") == true, "\(result.stderr)")
+        }
         #expect(leftoverSegments() == before)
     }
 

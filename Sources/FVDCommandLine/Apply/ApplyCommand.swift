@@ -91,7 +91,7 @@ struct ApplyCommand: ParsableCommand {
             throw ExitCode(failed.status)  // the ranks and the launcher said why
         } catch let error as FVDError {
             reportError(error)
-            throw ExitCode.failure
+            throw rankExitCode(for: error)
         }
     }
 }

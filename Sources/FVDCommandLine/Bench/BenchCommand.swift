@@ -83,7 +83,7 @@ struct BenchCommand: ParsableCommand {
         } catch {
             progress.clear()
             reportError(error)
-            throw ExitCode.failure
+            throw rankExitCode(for: error)
         }
     }
 

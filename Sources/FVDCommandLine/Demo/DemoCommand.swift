@@ -75,7 +75,7 @@ struct DemoCommand: ParsableCommand {
             throw exit
         } catch {
             reportError(error)
-            throw ExitCode.failure
+            throw rankExitCode(for: error)
         }
         if case .process(let world) = placement, world.rank != 0 {
             if !report.passed { throw ExitCode.failure }

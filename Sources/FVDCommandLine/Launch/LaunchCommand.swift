@@ -33,7 +33,8 @@ struct LaunchCommand: ParsableCommand {
             the ranks' transport uses) and, with --timeout, FVD_TIMEOUT. Output lines are prefixed with \
             [r<rank>]. SIGINT, SIGTERM and SIGHUP are forwarded to every rank (each runs in its own \
             session). When a rank exits non-zero or by a signal, the others get --grace seconds to exit, \
-            then SIGTERM, then SIGKILL 2 s later, and the launcher exits 1 naming the first failing rank. The shared-memory object is removed on \
+            then SIGTERM, then SIGKILL 2 s later, and the launcher exits 1 naming the first failing rank (a rank that exits with status 2 — \
+            what fvd's own ranks do when they stop only because another rank failed — is named only when no other rank failed). The shared-memory object is removed on \
             every exit, and objects of launchers no longer running are removed at start.
             """
     )

@@ -79,6 +79,13 @@ enum ChildExit: Equatable, Sendable, CustomStringConvertible {
         self = signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
     }
 
+    /// Whether the rank said it stopped only because another rank failed (fvd's ranks exit
+    /// with `consequenceExitStatus` then).
+    var isConsequence: Bool {
+        if case .exited(let status) = self { return status == consequenceExitStatus }
+        return false
+    }
+
     /// Whether the process exited with status 0.
     var succeeded: Bool { self == .exited(0) }
 
@@ -516,8 +523,12 @@ private final class Launcher {
 
             if reapNow {
                 lastReap = time
-                for (rank, exit) in reap() where !exit.succeeded && firstFailure == nil {
-                    firstFailure = (rank, exit)
+                for (rank, exit) in reap() where !exit.succeeded {
+                    // Name the first rank that failed for its own reason: a rank that exits with
+                    // `consequenceExitStatus` only stopped because another one failed.
+                    if firstFailure == nil || (firstFailure!.exit.isConsequence && !exit.isConsequence) {
+                        firstFailure = (rank, exit)
+                    }
                     schedule.begin(at: time)
                 }
             }

@@ -48,7 +48,7 @@ struct SelfTestCommand: ParsableCommand {
             print("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")
         } catch {
             printError(error)
-            throw ExitCode.failure
+            throw rankExitCode(for: error)
         }
     }
 }
