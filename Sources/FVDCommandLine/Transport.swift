@@ -36,6 +36,16 @@ public enum RankPlacement: Sendable {
     /// This process is one rank of a multi-process world; every rank runs the same command.
     case process(ProcessWorld)
 
+    /// Where a command with `--transport` runs: threads for `inprocess`; for `shm`, this
+    /// process as its rank of the world from the environment. Outside a launcher, `shm`
+    /// first runs this same command as `worldSize` ranks and then ends with their exit
+    /// status (thrown as an `ExitCode`).
+    static func forCommand(transport: String, worldSize: Int, timeout: Double? = nil) throws -> RankPlacement {
+        guard transport == "shm" else { return .inProcess }
+        guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
+        return .process(try World.fromEnvironment(timeout: timeout))
+    }
+
     /// The transport's name in the report.
     var name: String {
         switch self {

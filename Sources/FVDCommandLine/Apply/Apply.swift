@@ -126,8 +126,7 @@ struct RankFile: Sendable {
 /// into place only after all of them were written, so a failure leaves no partial result.
 /// - Returns: the paths written, in rank order.
 public func runApply(_ config: ApplyConfiguration) throws -> [String] {
-    let (layout, files) = try config.validatedInputs()
-    let world = try World.inProcess(size: config.worldSize, timeout: config.timeout)
+    let (layout, files, world) = try config.validatedInputs()
     let inputs = files.map(\.tensor)
     let outputs = try world.run { group in try config.apply(to: inputs[group.rank], on: group, layout: layout) }
     return try writeAllOrNothing(into: config.outputDirectory, superseding: config.otherFormatNames(files)) { staging in
@@ -140,7 +139,7 @@ public func runApply(_ config: ApplyConfiguration) throws -> [String] {
 /// into one staging folder; the outputs are moved into place only if every rank succeeded.
 /// - Returns: the paths written, in rank order.
 func runApplyAsProcesses(_ config: ApplyConfiguration, relaunch: (_ staging: String) throws -> Int32) throws -> [String] {
-    let (_, files) = try config.validatedInputs()
+    let (_, files, _) = try config.validatedInputs()
     return try writeAllOrNothing(into: config.outputDirectory, superseding: config.otherFormatNames(files)) { staging in
         let status = try relaunch(staging)
         guard status == 0 else { throw ApplyRanksFailed(status: status) }
@@ -168,14 +167,15 @@ func runApplyAsRank(_ config: ApplyConfiguration, staging: String) throws {
 }
 
 extension ApplyConfiguration {
-    /// The checked options and layout, and every rank's file (read, so that a missing or
-    /// unreadable file is reported before any rank runs).
-    func validatedInputs() throws -> (GroupLayout, [RankFile]) {
+    /// The checked options and layout, every rank's file (read, so that a missing or
+    /// unreadable file is reported before any rank runs), and the in-process world of
+    /// `worldSize` ranks (which also checks the size and timeout).
+    func validatedInputs() throws -> (GroupLayout, [RankFile], InProcessWorld) {
         try checkOptions()
         let layout = try layout()
-        _ = try World.inProcess(size: worldSize, timeout: timeout)  // checks the size and timeout
+        let world = try World.inProcess(size: worldSize, timeout: timeout)
         let files = try (0..<worldSize).map { try RankFile.read(directory: inputDirectory, rank: $0) }
-        return (layout, files)
+        return (layout, files, world)
     }
 
     /// The operation on one rank's tensor, with `world` the world group.

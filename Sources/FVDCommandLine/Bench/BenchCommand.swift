@@ -54,12 +54,7 @@ struct BenchCommand: ParsableCommand {
             }
             // Fail before a long run, not after it, when an output cannot be written.
             for path in [json, csv, plot].compactMap({ $0 }) { try checkWritable(path) }
-            var ranks = RankPlacement.inProcess
-            if transport == "shm" {
-                // Not yet a rank: run this same command as `worldSize` processes and report their outcome.
-                guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
-                ranks = .process(try World.fromEnvironment())
-            }
+            let ranks = try RankPlacement.forCommand(transport: transport, worldSize: worldSize)
             let printing = if case .process(let world) = ranks { world.rank == 0 } else { true }
             if printing {
                 print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "

@@ -66,10 +66,7 @@ struct DemoCommand: ParsableCommand {
         var placement = RankPlacement.inProcess
         do {
             try checkTransport(transport)
-            if transport == "shm" {
-                guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
-                placement = .process(try World.fromEnvironment(timeout: timeout))
-            }
+            placement = try RankPlacement.forCommand(transport: transport, worldSize: worldSize, timeout: timeout)
             report = try runDemo(config, ranks: placement)
         } catch let exit as ExitCode {
             throw exit

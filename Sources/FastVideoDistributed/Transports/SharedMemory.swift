@@ -123,11 +123,13 @@ final class SharedSegment: @unchecked Sendable {
     static func roundUp(_ n: Int, _ to: Int) -> Int { (n + to - 1) / to * to }
 
     func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> { (base + offset).assumingMemoryBound(to: UInt64.self) }
+    /// `rank`'s control line: pid (u64) at 0, state (u32) at 8, message length (u32) at 16, message at 24.
+    private func controlLine(_ rank: Int) -> UnsafeMutableRawPointer { base + controlOffset + rank * Self.controlBytes }
     func controlWord(_ rank: Int, _ offset: Int) -> UnsafeMutablePointer<UInt64> {
-        word(controlOffset + rank * Self.controlBytes + offset)
+        (controlLine(rank) + offset).assumingMemoryBound(to: UInt64.self)
     }
     private func stateWord(_ rank: Int) -> UnsafeMutablePointer<UInt32> {
-        (base + controlOffset + rank * Self.controlBytes + 8).assumingMemoryBound(to: UInt32.self)
+        (controlLine(rank) + 8).assumingMemoryBound(to: UInt32.self)
     }
 
     func state(of rank: Int) -> RankState { RankState(rawValue: fvd_atomic_load_u32(stateWord(rank))) ?? .absent }
@@ -141,7 +143,7 @@ final class SharedSegment: @unchecked Sendable {
     func recordFailure(_ message: String) {
         guard state(of: rank) != .failed else { return }  // the first failure's message stands
         let bytes = Array(message.utf8.prefix(Self.controlBytes - 24))
-        let line = base + controlOffset + rank * Self.controlBytes
+        let line = controlLine(rank)
         bytes.withUnsafeBytes { line.advanced(by: 24).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         (line + 16).assumingMemoryBound(to: UInt32.self).pointee = UInt32(bytes.count)
         // The failed-rank word before the state: a peer that sees this rank gone must find why.
@@ -154,7 +156,7 @@ final class SharedSegment: @unchecked Sendable {
         let value = fvd_atomic_load_u64(word(24))
         guard value > 0 else { return nil }
         let r = Int(value - 1)
-        let line = base + controlOffset + r * Self.controlBytes
+        let line = controlLine(r)
         let count = Int((line + 16).assumingMemoryBound(to: UInt32.self).pointee)
         let message = String(decoding: UnsafeRawBufferPointer(start: line + 24, count: min(count, Self.controlBytes - 24)), as: UTF8.self)
         return (r, message)
