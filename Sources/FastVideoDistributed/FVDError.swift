@@ -23,8 +23,8 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
     case operationMismatch(group: String, ranks: [Int], operations: [String])
     /// Ranks agreed on the collective but passed different arguments (dim, root, op).
     case argumentMismatch(op: String, group: String, ranks: [Int], arguments: [String])
-    /// Some ranks did not reach the collective within the timeout.
-    case timeout(op: String, group: String, call: Int, missing: [Int], seconds: Double)
+    /// Some ranks did not reach the collective within the timeout; `arrived` are those that did.
+    case timeout(op: String, group: String, call: Int, arrived: [Int], missing: [Int], seconds: Double)
     /// Another rank failed (its code threw or its collective failed); this rank cannot go on.
     case peerFailed(rank: Int, message: String)
     /// A rank finished or exited while the others still waited for it in a collective.
@@ -66,9 +66,9 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .argumentMismatch(op, group, ranks, args):
             return "\(op) in group \(group): ranks passed different arguments: "
                 + zip(ranks, args).map { "rank \($0) (\($1))" }.joined(separator: ", ")
-        case let .timeout(op, group, call, missing, seconds):
+        case let .timeout(op, group, call, arrived, missing, seconds):
             return "\(op) in group \(group) (call #\(call)) timed out after \(formatSeconds(seconds)) s "
-                + "waiting for rank\(missing.count == 1 ? "" : "s") \(missing.map(String.init).joined(separator: ", "))"
+                + "waiting for \(rankList(missing)); \(arrived.isEmpty ? "no rank" : rankList(arrived)) arrived"
         case let .peerFailed(rank, message):
             return "rank \(rank) failed: \(message)"
         case let .peerExited(rank, op, group):
@@ -95,6 +95,11 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
         default: return false
         }
     }
+}
+
+/// `rank 3` or `ranks 0, 2`.
+private func rankList(_ ranks: [Int]) -> String {
+    "rank\(ranks.count == 1 ? "" : "s") \(ranks.map(String.init).joined(separator: ", "))"
 }
 
 private func formatSeconds(_ s: Double) -> String {

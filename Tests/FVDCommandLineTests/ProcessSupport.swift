@@ -3,6 +3,7 @@ import Testing
 
 /// What a finished `fvd` process left behind.
 struct ProcessResult {
+    var pid: Int32
     var status: Int32
     var stdout: String
     var stderr: String
@@ -25,10 +26,14 @@ func fvdExecutable() throws -> URL {
 
 /// Runs `fvd arguments…` and returns its exit status and output; kills it and records a
 /// test failure if it runs longer than `timeout` seconds (a hang is a failure, never a wait).
-func runFVD(_ arguments: [String], timeout: Double = 60) throws -> ProcessResult {
+/// `environment` is added to this process's.
+func runFVD(_ arguments: [String], timeout: Double = 60, environment: [String: String] = [:]) throws -> ProcessResult {
     let process = Process()
     process.executableURL = try fvdExecutable()
     process.arguments = arguments
+    if !environment.isEmpty {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err
@@ -53,7 +58,7 @@ func runFVD(_ arguments: [String], timeout: Double = 60) throws -> ProcessResult
     process.waitUntilExit()
     readers.wait()
     return ProcessResult(
-        status: process.terminationStatus, stdout: String(decoding: outData.get(), as: UTF8.self),
+        pid: process.processIdentifier, status: process.terminationStatus, stdout: String(decoding: outData.get(), as: UTF8.self),
         stderr: String(decoding: errData.get(), as: UTF8.self), seconds: Date().timeIntervalSince(start))
 }
 

@@ -152,11 +152,11 @@ struct ErrorTests {
             _ = try world.allGather(try Tensor(zeros: [1], dtype: .float32))
         }
         for e in errs {
-            guard case .timeout(let op, let group, let call, let missing, _)? = e else {
+            guard case .timeout(let op, let group, let call, let arrived, let missing, _)? = e else {
                 Issue.record("expected a timeout, got \(String(describing: e))")
                 continue
             }
-            #expect(op == "all_gather" && group == "world [0, 1, 2]" && call == 0 && missing == [2])
+            #expect(op == "all_gather" && group == "world [0, 1, 2]" && call == 0 && arrived == [0, 1] && missing == [2])
         }
     }
 

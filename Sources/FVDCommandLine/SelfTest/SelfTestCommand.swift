@@ -17,39 +17,117 @@ struct SelfTestCommand: ParsableCommand {
         shouldDisplay: false
     )
 
-    @Option(help: "Fail on purpose: 'throw' (this rank throws), 'exit' (exits with status 3), 'kill' (SIGKILL itself), 'shape' (passes another shape), 'late' (arrives 1 s late).")
-    var inject: String?
+    @Option(name: .customLong("in-process"), help: "Run a world of this many threads in this process instead of joining the world from the environment.")
+    var inProcessSize: Int?
 
-    @Option(help: "The rank that injects the failure.")
-    var injectRank: Int = 1
+    @Option(help: "A fault to inject, ACTION:rank=R:call=N[:group=G] (repeatable; see Fault).")
+    var fault: [String] = []
+
+    @Option(help: "Make one rank call something else at its 3rd case: 'shape', 'dtype', 'op', 'dim' or 'baddim'.")
+    var mismatch: String?
+
+    @Option(help: "The rank that passes the mismatching call.")
+    var mismatchRank: Int = 1
 
     @Option(help: "Seconds a collective waits for missing ranks.")
     var timeout: Double?
 
+    @Flag(help: "After the world's run, print 'leaks: none' or the threads and file descriptors it left open.")
+    var checkLeaks = false
+
+    func validate() throws {
+        if let mismatch, !["shape", "dtype", "op", "dim", "baddim"].contains(mismatch) {
+            throw ValidationError("--mismatch must be shape, dtype, op, dim or baddim, not '\(mismatch)'")
+        }
+    }
+
     func run() throws {
         do {
+            // No --fault: those in FVD_FAULTS, if any.
+            let faults = fault.isEmpty ? nil : try fault.map { try Fault(parsing: $0) }
+            let mismatch = mismatch.map { (kind: $0, rank: mismatchRank) }
+            if let size = inProcessSize {
+                try runInProcess(size: size, faults: faults, mismatch: mismatch)
+                return
+            }
             // The reference first, in ordinary memory: once this process joins a multi-process
             // world, its tensors (in-process ones included) live in the shared segment.
             let env = ProcessInfo.processInfo.environment
             let size = Int(env["WORLD_SIZE"] ?? "1") ?? 1, rank = Int(env["RANK"] ?? "0") ?? 0
-            let injectRank = injectRank
-            let expected = try World.inProcess(size: size, timeout: 60).run { group in
-                try runCollectives(group, worldSize: size, inject: nil, injectRank: injectRank)
+            let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
+                try runCollectives(group, worldSize: size, mismatch: nil)
             }[min(max(rank, 0), size - 1)]
-            let world = try World.fromEnvironment(timeout: timeout)
-            let got = try world.run { group in
-                try runCollectives(group, worldSize: world.size, inject: inject, injectRank: injectRank)
-            }
-            let mismatches = zip(got, expected).enumerated().filter { $0.element.0 != $0.element.1 }.map(\.offset)
-            guard mismatches.isEmpty else {
-                throw FVDError.invalidArgument(
-                    "rank \(world.rank): results \(mismatches) of \(got.count) differ from the in-process transport")
-            }
+            let world = try World.fromEnvironment(timeout: timeout, faults: faults)
+            let baseline = checkLeaks ? ResourceCount.now() : nil
+            defer { if let baseline { print(baseline.leaks()) } }
+            let got = try world.run { group in try runCollectives(group, worldSize: world.size, mismatch: mismatch) }
+            try compare(got, expected, rank: world.rank)
             print("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
             printError(error)
             throw rankExitCode(for: error)
         }
+    }
+
+    /// Runs the selftest on `size` threads and prints each rank's outcome as `[rR] …`, the
+    /// way `fvd launch` prefixes a process rank's lines.
+    private func runInProcess(size: Int, faults: [Fault]?, mismatch: (kind: String, rank: Int)?) throws {
+        let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
+            try runCollectives(group, worldSize: size, mismatch: nil)
+        }
+        let world = try World.inProcess(size: size, timeout: timeout, faults: faults)
+        let baseline = checkLeaks ? ResourceCount.now() : nil
+        let outcomes = world.runEach { group in try runCollectives(group, worldSize: size, mismatch: mismatch) }
+        if let baseline { print(baseline.leaks()) }
+        var failed = false
+        for (rank, outcome) in outcomes.enumerated() {
+            do {
+                let got = try outcome.get()
+                try compare(got, expected[rank], rank: rank)
+                print("[r\(rank)] selftest rank \(rank) of \(size) (in-process): \(got.count) results equal the reference")
+            } catch {
+                failed = true
+                FileHandle.standardError.write(Data("[r\(rank)] error: \(error)\n".utf8))
+            }
+        }
+        if failed { throw ExitCode.failure }
+    }
+}
+
+/// Throws unless `got` equals `expected` bitwise.
+private func compare(_ got: [Tensor], _ expected: [Tensor], rank: Int) throws {
+    let mismatches = zip(got, expected).enumerated().filter { $0.element.0 != $0.element.1 }.map(\.offset)
+    guard mismatches.isEmpty, got.count == expected.count else {
+        throw FVDError.invalidArgument(
+            "rank \(rank): results \(mismatches) of \(got.count) differ from the in-process transport")
+    }
+}
+
+/// The threads and open file descriptors of this process, to find what a world left behind.
+private struct ResourceCount {
+    var threads: Int
+    var descriptors: Int
+
+    static func now() -> ResourceCount {
+        ResourceCount(threads: entries("/proc/self/task"), descriptors: entries("/proc/self/fd"))
+    }
+
+    private static func entries(_ folder: String) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: folder).count) ?? -1
+    }
+
+    /// `leaks: none`, or what is still open compared with `self`, after up to 2 s for
+    /// finished threads to be reaped.
+    func leaks() -> String {
+        var after = ResourceCount.now()
+        for _ in 0..<100 where after.threads > threads || after.descriptors > descriptors {
+            usleep(20_000)
+            after = ResourceCount.now()
+        }
+        if after.threads <= threads && after.descriptors <= descriptors { return "leaks: none" }
+        return "leaks: \(after.threads - threads) threads, \(after.descriptors - descriptors) file descriptors"
     }
 }
 
@@ -70,24 +148,24 @@ private func input(rank: Int, shape: [Int], dtype: DType, salt: Int) throws -> T
 }
 
 /// Every collective, several dtypes and shapes; returns this rank's results in call order.
-private func runCollectives(_ world: GroupCoordinator, worldSize n: Int, inject: String?, injectRank: Int) throws -> [Tensor] {
+///
+/// With `mismatch`, its rank calls something else at case 3 (shape `[1, 2n, 2n, 4]`):
+/// another shape or dtype, an all-gather where the others all-reduce, or (every rank
+/// all-gathering first) an all-gather along dim 1 (`dim`) or the invalid dim 9 (`baddim`)
+/// where the others use dim 0.
+private func runCollectives(_ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?) throws -> [Tensor] {
     var results: [Tensor] = []
     var salt = 0
     let me = world.rank
     for dtype in [DType.float32, .bfloat16, .float16, .int32, .float64] {
         for shape in [[7], [2, 3 * n, 5], [1, 2 * n, 2 * n, 4], [40_000 * n]] {
             salt += 1
-            if salt == 3, let inject, me == injectRank {
-                switch inject {
-                case "throw": throw FVDError.invalidArgument("injected failure on rank \(me)")
-                case "exit": exit(3)
-                case "kill": kill(getpid(), SIGKILL)
-                case "late": Thread.sleep(forTimeInterval: 1)
-                default: break
-                }
+            let odd = salt == 3 && mismatch?.rank == me ? mismatch?.kind : nil
+            let x = try input(rank: me, shape: odd == "shape" ? shape + [1] : shape, dtype: odd == "dtype" ? .float64 : dtype, salt: salt)
+            if salt == 3, let mismatch, mismatch.kind.hasSuffix("dim") {
+                results.append(try world.allGather(x, dim: me != mismatch.rank ? 0 : mismatch.kind == "dim" ? 1 : 9))
             }
-            let wrongShape = inject == "shape" && me == injectRank && salt == 3
-            let x = try input(rank: me, shape: wrongShape ? shape + [1] : shape, dtype: dtype, salt: salt)
+            if odd == "op" { results.append(try world.allGather(x, dim: 0)) }
             results.append(try world.allReduce(x))
             var y = x
             try world.allReduce(inPlace: &y, op: dtype.isFloatingPoint ? .average : .max)

@@ -36,7 +36,7 @@ func performCollective<R>(
     on channel: any PeerMemoryChannel, header: CallHeader, buffers: PeerBuffers, body: () throws -> R
 ) throws -> R {
     try channel.checkHealthy()
-    channel.publish(header, buffers)
+    try channel.publish(header, buffers)
     channel.post(.arrived, call: header.call)
     try channel.wait(.arrived, call: header.call, op: header.op)
     let outcome: Result<R, any Error>

@@ -47,6 +47,9 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     /// World rank of the previous member, wrapping around (a ring).
     public var previousRank: Int { ranks[(rankInGroup - 1 + size) % size] }
 
+    /// This rank's flight recorder: its last collective calls over all its groups.
+    public var flightRecorder: FlightRecorder { factory.flightRecorder(rank: rank) }
+
     /// `name [r0, r1, ...]`, the label used in errors.
     public var description: String { "\(name) \(ranks)" }
 
@@ -77,6 +80,23 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     func collective<R>(
         _ op: String, kind: String? = nil, _ input: Tensor, arguments: [Int] = [], text: String = "",
         output: Tensor? = nil, _ body: (_ call: Int) throws -> R
+    ) throws -> R {
+        let recorder = flightRecorder
+        let sequence = recorder.begin(op: op, group: description, call: channel.nextCall, shape: input.shape, dtype: input.dtype)
+        do {
+            let result = try runCollective(op, kind: kind, input, arguments: arguments, text: text, output: output, body)
+            recorder.end(sequence)
+            return result
+        } catch {
+            recorder.end(sequence, error: error)
+            recorder.reportFailure(error)
+            throw error
+        }
+    }
+
+    private func runCollective<R>(
+        _ op: String, kind: String?, _ input: Tensor, arguments: [Int], text: String, output: Tensor?,
+        _ body: (_ call: Int) throws -> R
     ) throws -> R {
         guard channel.enter() else {
             let error = FVDError.concurrentUse(group: description)

@@ -5,6 +5,8 @@ import Synchronization
 /// Creates the per-rank endpoint of a group; implemented by each transport.
 protocol ChannelFactory: Sendable {
     func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel
+    /// The flight recorder of world rank `rank` (one per rank, shared by its groups).
+    func flightRecorder(rank: Int) -> FlightRecorder
 }
 
 /// The state the ranks of one in-process world share: groups, abort and exit flags.
@@ -15,9 +17,11 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
     private let failure = Mutex<FVDError?>(nil)
     private let exited: Mutex<[Bool]>
     private let groups = Mutex<[String: InProcessGroupState]>([:])
+    private let recorders: [FlightRecorder]
 
     init(size: Int, timeout: Double) {
         self.size = size
+        recorders = (0..<size).map { FlightRecorder.fromEnvironment(rank: $0, printsOnBreak: false) }
         // Beyond ~31 years (or infinity) means no deadline.
         timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
         spin = size <= ProcessInfo.processInfo.activeProcessorCount
@@ -34,6 +38,8 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
         }
         return InProcessChannel(world: self, group: group, index: members.firstIndex(of: rank)!)
     }
+
+    func flightRecorder(rank: Int) -> FlightRecorder { recorders[rank] }
 
     var abortError: FVDError? { failure.withLock { $0 } }
 
@@ -147,8 +153,10 @@ public struct InProcessWorld: Sendable {
     /// Number of ranks.
     public let size: Int
     /// Seconds a rank waits for its peers in one collective before it throws
-    /// ``FVDError/timeout(op:group:call:missing:seconds:)``.
+    /// ``FVDError/timeout(op:group:call:arrived:missing:seconds:)``.
     public let timeout: Double
+    /// Failures injected into the ranks' collectives (see ``Fault``).
+    public let faults: [Fault]
 
     /// Runs `body` once per rank, concurrently, and returns each rank's outcome.
     ///
@@ -158,6 +166,8 @@ public struct InProcessWorld: Sendable {
     /// ``FVDError/peerExited(rank:op:group:)``.
     public func runEach<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) throws -> R) -> [Result<R, any Error>] {
         let state = InProcessWorldState(size: size, timeout: timeout)
+        let factory: any ChannelFactory =
+            faults.isEmpty ? state : FaultInjectingFactory(wrapping: state, faults: faults, ranksAreProcesses: false)
         let results = Mutex<[Result<R, any Error>?]>(Array(repeating: nil, count: size))
         let done = DispatchGroup()
         for rank in 0..<size {
@@ -165,8 +175,11 @@ public struct InProcessWorld: Sendable {
             let thread = Thread {
                 let outcome: Result<R, any Error>
                 do {
-                    let world = try GroupCoordinator(name: "world", ranks: Array(0..<state.size), rank: rank, factory: state)
+                    let world = try GroupCoordinator(name: "world", ranks: Array(0..<state.size), rank: rank, factory: factory)
                     outcome = .success(try body(world))
+                } catch let exit as InjectedExit {
+                    // The rank left as a process would by exiting: its peers see it gone, not failed.
+                    outcome = .failure(FVDError.peerExited(rank: rank, op: exit.op, group: exit.group))
                 } catch {
                     outcome = .failure(error)
                     state.abort(.peerFailed(rank: rank, message: String(describing: error)))
@@ -217,18 +230,42 @@ public enum World {
     ///
     /// - Parameters:
     ///   - size: number of ranks, at least 1.
-    ///   - timeout: seconds a collective waits for ranks that have not arrived (default 300,
-    ///     like NCCL's watchdog); `.infinity` waits forever.
-    /// - Throws: ``FVDError/invalidArgument(_:)`` for a size outside `1...1024` or a
-    ///   negative or NaN timeout.
-    public static func inProcess(size: Int, timeout: Double = 300) throws -> InProcessWorld {
+    ///   - timeout: seconds a collective waits for ranks that have not arrived; default
+    ///     `FVD_TIMEOUT` or 300 (like NCCL's watchdog); `.infinity` waits forever.
+    ///   - faults: failures to inject (see ``Fault``); default those in `FVD_FAULTS`, or none.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for a size outside `1...1024`, a
+    ///   negative or NaN timeout, a malformed `FVD_TIMEOUT` or `FVD_FAULTS`, or a fault
+    ///   for a rank outside the world.
+    public static func inProcess(size: Int, timeout: Double? = nil, faults: [Fault]? = nil) throws -> InProcessWorld {
         guard size >= 1 else { throw FVDError.invalidArgument("world size must be at least 1, got \(size)") }
         guard size <= maximumInProcessRanks else {
             throw FVDError.invalidArgument("world size \(size) is more than the \(maximumInProcessRanks) in-process ranks supported")
         }
-        guard timeout >= 0 else {
-            throw FVDError.invalidArgument("timeout must be a non-negative number of seconds, got \(timeout)")
+        return InProcessWorld(
+            size: size, timeout: try resolvedTimeout(timeout), faults: try resolvedFaults(faults, worldSize: size))
+    }
+
+    /// `timeout`, or `FVD_TIMEOUT`, or 300 seconds.
+    static func resolvedTimeout(_ timeout: Double?) throws -> Double {
+        if let timeout {
+            guard timeout >= 0 else {
+                throw FVDError.invalidArgument("timeout must be a non-negative number of seconds, got \(timeout)")
+            }
+            return timeout
         }
-        return InProcessWorld(size: size, timeout: timeout)
+        guard let text = ProcessInfo.processInfo.environment["FVD_TIMEOUT"] else { return 300 }
+        guard let seconds = Double(text), seconds >= 0 else {
+            throw FVDError.invalidArgument("FVD_TIMEOUT=\(text) is not a non-negative number of seconds")
+        }
+        return seconds
+    }
+
+    /// `faults`, or those in `FVD_FAULTS`, checked against the world size.
+    static func resolvedFaults(_ faults: [Fault]?, worldSize: Int) throws -> [Fault] {
+        let faults = try faults ?? Fault.fromEnvironment()
+        if let fault = faults.first(where: { $0.rank >= worldSize }) {
+            throw FVDError.invalidArgument("fault \(fault) names rank \(fault.rank) of a world of \(worldSize)")
+        }
+        return faults
     }
 }

@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 
 /// This process's rank of a world of processes, as started by `fvd launch` (or any
-/// launcher that sets torchrun's variables): see ``World/fromEnvironment(timeout:)``.
+/// launcher that sets torchrun's variables): see ``World/fromEnvironment(timeout:faults:)``.
 public struct ProcessWorld: Sendable {
     /// This process's rank (`RANK`).
     public let rank: Int
@@ -54,13 +54,15 @@ extension World {
     /// liveness); one that fails inside ``ProcessWorld/run(_:)`` makes them throw
     /// ``FVDError/peerFailed(rank:message:)``.
     ///
-    /// - Parameter timeout: seconds a collective waits for ranks that have not arrived;
-    ///   default `FVD_TIMEOUT` or 300.
+    /// - Parameters:
+    ///   - timeout: seconds a collective waits for ranks that have not arrived;
+    ///     default `FVD_TIMEOUT` or 300.
+    ///   - faults: failures to inject (see ``Fault``); default those in `FVD_FAULTS`, or none.
     /// - Returns: the same world on every call in this process.
     /// - Throws: ``FVDError/invalidArgument(_:)`` for malformed variables or a segment
     ///   that belongs to another job; ``FVDError/file(path:problem:)`` when the segment
     ///   cannot be created or mapped.
-    public static func fromEnvironment(timeout: Double? = nil) throws -> ProcessWorld {
+    public static func fromEnvironment(timeout: Double? = nil, faults: [Fault]? = nil) throws -> ProcessWorld {
         let env = ProcessInfo.processInfo.environment
         func integer(_ key: String, default value: Int) throws -> Int {
             guard let text = env[key] else { return value }
@@ -72,11 +74,8 @@ extension World {
         guard size >= 1, size <= maximumInProcessRanks, (0..<size).contains(rank) else {
             throw FVDError.invalidArgument("RANK=\(rank) and WORLD_SIZE=\(size) do not describe a rank of a world of 1...1024 ranks")
         }
-        var seconds = timeout ?? 300
-        if timeout == nil, let text = env["FVD_TIMEOUT"] {
-            guard let v = Double(text), v >= 0 else { throw FVDError.invalidArgument("FVD_TIMEOUT=\(text) is not a number of seconds") }
-            seconds = v
-        }
+        let seconds = try World.resolvedTimeout(timeout)
+        let faults = try World.resolvedFaults(faults, worldSize: size)
         return try processWorldState.withLock { state in
             if let world = state.world {
                 guard world.rank == rank, world.size == size else {
@@ -86,7 +85,9 @@ extension World {
             }
             let world: ProcessWorld
             if size == 1 {
-                let factory = InProcessWorldState(size: 1, timeout: seconds)
+                let state = InProcessWorldState(size: 1, timeout: seconds)
+                let factory: any ChannelFactory =
+                    faults.isEmpty ? state : FaultInjectingFactory(wrapping: state, faults: faults, ranksAreProcesses: true)
                 world = ProcessWorld(
                     rank: 0, size: 1, group: try GroupCoordinator(name: "world", ranks: [0], rank: 0, factory: factory),
                     transport: "single process", shared: nil)
@@ -103,7 +104,9 @@ extension World {
                 let shared = SharedMemoryWorldState(segment: segment, timeout: seconds)
                 let group: GroupCoordinator
                 do {
-                    group = try GroupCoordinator(name: "world", ranks: Array(0..<size), rank: rank, factory: shared)
+                    let factory: any ChannelFactory =
+                        faults.isEmpty ? shared : FaultInjectingFactory(wrapping: shared, faults: faults, ranksAreProcesses: true)
+                    group = try GroupCoordinator(name: "world", ranks: Array(0..<size), rank: rank, factory: factory)
                 } catch let error as FVDError {
                     shared.abort(.peerFailed(rank: rank, message: error.description), tellPeers: true)
                     throw error

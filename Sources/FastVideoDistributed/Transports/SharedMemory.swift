@@ -232,9 +232,11 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     private let localFailure = Mutex<FVDError?>(nil)
     private let groups = Mutex<[String: SharedGroupState]>([:])
     private let lastLivenessCheck = Atomic<UInt64>(0)
+    private let recorder: FlightRecorder
 
     init(segment: SharedSegment, timeout: Double) {
         self.segment = segment
+        recorder = FlightRecorder.fromEnvironment(rank: segment.rank, printsOnBreak: true)
         timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
         spin = segment.worldSize <= ProcessInfo.processInfo.activeProcessorCount
     }
@@ -255,6 +257,8 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
         }
         return SharedMemoryChannel(world: self, group: group, index: index)
     }
+
+    func flightRecorder(rank: Int) -> FlightRecorder { recorder }
 
     /// The error that ends this rank's use of the world: its own, or a peer's recorded failure.
     var abortError: FVDError? {

@@ -53,7 +53,9 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     /// shared by every coordinator of the same group on this rank.
     var nextCall: Int { get }
     /// Stores this rank's header and buffers for the current call (before `post(.arrived)`).
-    func publish(_ header: CallHeader, _ buffers: PeerBuffers)
+    ///
+    /// Throws only where a fault is injected (``FaultInjectingChannel``).
+    func publish(_ header: CallHeader, _ buffers: PeerBuffers) throws
     /// Marks this rank as having reached `phase` of `call` and wakes waiters.
     func post(_ phase: Phase, call: Int)
     /// Blocks until every member reached `phase` of `call`.
@@ -61,7 +63,7 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     /// Only `.arrived` has a deadline: later phases wait for ranks that are already
     /// inside the call, so they end when those ranks finish, fail or exit.
     /// - Throws: the world's abort error, ``FVDError/peerExited(rank:op:group:)`` for a
-    ///   member that left, or ``FVDError/timeout(op:group:call:missing:seconds:)``.
+    ///   member that left, or ``FVDError/timeout(op:group:call:arrived:missing:seconds:)``.
     func wait(_ phase: Phase, call: Int, op: String) throws
     /// The header member `i` published for the current call (valid after `wait(.arrived)`).
     func header(of i: Int) -> CallHeader

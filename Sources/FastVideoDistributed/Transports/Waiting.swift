@@ -140,7 +140,7 @@ extension SyncWords {
     /// Blocks until every member reached `phase` of `call`, for ``PeerMemoryChannel/wait(_:call:op:)``.
     ///
     /// Only `.arrived` has a deadline. Throws the world's abort error, ``FVDError/peerExited(rank:op:group:)``
-    /// for a member that left while still missing, or ``FVDError/timeout(op:group:call:missing:seconds:)``.
+    /// for a member that left while still missing, or ``FVDError/timeout(op:group:call:arrived:missing:seconds:)``.
     func waitForPhase(
         _ phase: Phase, call: Int, op: String, label: String, members: [Int], shared: Bool, world: some WaitingWorld
     ) throws {
@@ -163,7 +163,8 @@ extension SyncWords {
         if !reached {
             let missing = self.missing(below: target).map { members[$0] }
             let error = FVDError.timeout(
-                op: op, group: label, call: call, missing: missing, seconds: Double(world.timeoutNanoseconds) / 1e9)
+                op: op, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
+                seconds: Double(world.timeoutNanoseconds) / 1e9)
             world.abort(error, tellPeers: true)
             throw error
         }

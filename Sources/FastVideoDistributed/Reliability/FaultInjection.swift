@@ -1,0 +1,234 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import Synchronization
+
+/// A failure to inject into one rank's collective call, for testing how code built on
+/// the library behaves when a rank is late, lost, corrupt or dies.
+///
+/// Pass faults to ``World/inProcess(size:timeout:faults:)`` or
+/// ``World/fromEnvironment(timeout:faults:)``, or set `FVD_FAULTS` (see
+/// ``init(parsing:)``). They wrap the transport's endpoints, so they work the same on
+/// every transport, and nothing is wrapped when there are none.
+///
+/// ```swift
+/// // Rank 1 dies at its third collective: the others throw peerExited naming it.
+/// let world = try World.inProcess(size: 4, faults: [Fault(.exit(status: 1), rank: 1, atCall: 2)])
+/// ```
+public struct Fault: Sendable, Hashable, CustomStringConvertible {
+    /// What happens at the chosen call.
+    public enum Action: Sendable, Hashable {
+        /// The rank sleeps this many seconds before it arrives (late, or past the timeout).
+        case delay(seconds: Double)
+        /// The rank's arrival is lost, as if its message never reached the peers: every
+        /// rank of the group, this one included, times out naming it.
+        case drop
+        /// The rank publishes a call header that cannot be its real call: every rank
+        /// throws ``FVDError/operationMismatch(group:ranks:operations:)`` naming it.
+        case corruptHeader
+        /// The rank's code throws ``FVDError/invalidArgument(_:)`` ("injected failure …")
+        /// instead of entering the call: its peers throw ``FVDError/peerFailed(rank:message:)``.
+        case fail
+        /// The rank's process exits with `status` (`exit`, so exit hooks run). In an
+        /// in-process world the rank's thread leaves instead, and
+        /// ``InProcessWorld/runEach(_:)`` reports ``FVDError/peerExited(rank:op:group:)``
+        /// for it; its peers see a rank that left.
+        case exit(status: Int32)
+        /// The rank's process is killed by `SIGKILL` (no exit hooks). In an in-process
+        /// world, the same as ``exit(status:)``.
+        case kill
+    }
+
+    /// What happens.
+    public var action: Action
+    /// The world rank it happens to.
+    public var rank: Int
+    /// Which call: the rank's count of collectives before it, over all its groups, or
+    /// over `group` only when that is set (then it is the `call #` of errors).
+    public var call: Int
+    /// The name of the group whose calls `call` counts (`world`, `tp0`, `sp1`…), or `nil` for all.
+    public var group: String?
+
+    /// A fault: `action` on `rank`'s collective number `call` (0 is its first).
+    public init(_ action: Action, rank: Int, atCall call: Int, group: String? = nil) {
+        self.action = action
+        self.rank = rank
+        self.call = call
+        self.group = group
+    }
+
+    /// `ACTION:rank=R:call=N[:group=G]`, the form ``init(parsing:)`` reads; ACTION is
+    /// `delay=SECONDS`, `drop`, `corrupt`, `fail`, `exit=STATUS` or `kill`.
+    public var description: String {
+        let action: String
+        switch self.action {
+        case .delay(let s): action = "delay=\(s)"
+        case .drop: action = "drop"
+        case .corruptHeader: action = "corrupt"
+        case .fail: action = "fail"
+        case .exit(let status): action = "exit=\(status)"
+        case .kill: action = "kill"
+        }
+        return "\(action):rank=\(rank):call=\(call)" + (group.map { ":group=\($0)" } ?? "")
+    }
+
+    /// Parses faults separated by commas, e.g. `delay=2:rank=1:call=3,kill:rank=2:call=0:group=tp0`.
+    ///
+    /// - Throws: ``FVDError/invalidArgument(_:)`` naming the part that does not parse.
+    public init(parsing text: String) throws {
+        let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        func bad(_ why: String) -> FVDError {
+            .invalidArgument("fault '\(text)': \(why); expected ACTION:rank=R:call=N[:group=G] with ACTION one of "
+                + "delay=SECONDS, drop, corrupt, fail, exit=STATUS, kill")
+        }
+        let head = fields[0].split(separator: "=", maxSplits: 1).map(String.init)
+        let value = head.count == 2 ? head[1] : nil
+        switch head.first ?? "" {
+        case "delay":
+            guard let s = value.flatMap(Double.init), s >= 0, s.isFinite else { throw bad("delay needs a number of seconds") }
+            action = .delay(seconds: s)
+        case "exit":
+            guard let status = value.flatMap(Int32.init) else { throw bad("exit needs a status") }
+            action = .exit(status: status)
+        case let name where value != nil && ["drop", "corrupt", "fail", "kill"].contains(name):
+            throw bad("\(name) takes no value")
+        case "drop": action = .drop
+        case "corrupt": action = .corruptHeader
+        case "fail": action = .fail
+        case "kill": action = .kill
+        default: throw bad("unknown action '\(fields[0])'")
+        }
+        var rank: Int?, call: Int?, group: String?
+        for field in fields.dropFirst() {
+            let pair = field.split(separator: "=", maxSplits: 1).map(String.init)
+            guard pair.count == 2 else { throw bad("'\(field)' is not KEY=VALUE") }
+            switch pair[0] {
+            case "rank": rank = Int(pair[1]).flatMap { $0 >= 0 ? $0 : nil }
+            case "call": call = Int(pair[1]).flatMap { $0 >= 0 ? $0 : nil }
+            case "group": group = pair[1]
+            default: throw bad("unknown key '\(pair[0])'")
+            }
+            guard rank != nil || pair[0] != "rank", call != nil || pair[0] != "call" else {
+                throw bad("'\(field)' needs a non-negative integer")
+            }
+        }
+        guard let rank, let call else { throw bad("rank and call are required") }
+        self.rank = rank
+        self.call = call
+        self.group = group
+    }
+
+    /// The faults listed in `FVD_FAULTS`, separated by commas (none when unset or empty).
+    static func fromEnvironment() throws -> [Fault] {
+        guard let text = ProcessInfo.processInfo.environment["FVD_FAULTS"], !text.isEmpty else { return [] }
+        return try text.split(separator: ",").map { try Fault(parsing: String($0)) }
+    }
+}
+
+/// Thrown inside an in-process rank by ``Fault/Action/exit(status:)`` and
+/// ``Fault/Action/kill``: the rank leaves its world as a process would by exiting.
+struct InjectedExit: Error, CustomStringConvertible {
+    let rank: Int
+    let op: String
+    let group: String
+    var description: String { "rank \(rank) left the world at \(op) in group \(group) (injected fault)" }
+}
+
+/// Wraps a transport's channel factory so that its channels inject `faults`.
+///
+/// The rank-wide call count is kept per world rank, so one factory serves every rank
+/// of an in-process world.
+final class FaultInjectingFactory: ChannelFactory {
+    let inner: any ChannelFactory
+    let faults: [Fault]
+    /// True when ranks are processes: `exit` and `kill` end the process.
+    let ranksAreProcesses: Bool
+    private let counts = Mutex<[Int: Int]>([:])
+
+    init(wrapping inner: any ChannelFactory, faults: [Fault], ranksAreProcesses: Bool) {
+        self.inner = inner
+        self.faults = faults
+        self.ranksAreProcesses = ranksAreProcesses
+    }
+
+    func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel {
+        let channel = try inner.makeChannel(name: name, members: members, rank: rank)
+        let mine = faults.filter { $0.rank == rank && ($0.group == nil || $0.group == name) }
+        return mine.isEmpty ? channel : FaultInjectingChannel(wrapping: channel, group: name, faults: mine, factory: self)
+    }
+
+    func flightRecorder(rank: Int) -> FlightRecorder { inner.flightRecorder(rank: rank) }
+
+    /// The rank-wide number of `rank`'s call that is starting now.
+    func nextSequence(of rank: Int) -> Int {
+        counts.withLock { counts in
+            defer { counts[rank, default: 0] += 1 }
+            return counts[rank, default: 0]
+        }
+    }
+}
+
+/// A channel that forwards to another and injects its rank's faults at their calls.
+final class FaultInjectingChannel: PeerMemoryChannel {
+    let inner: any PeerMemoryChannel
+    let group: String
+    let faults: [Fault]
+    let factory: FaultInjectingFactory
+    /// The call whose `.arrived` post is dropped, if any.
+    private let droppedCall = Atomic<Int>(-1)
+
+    init(wrapping inner: any PeerMemoryChannel, group: String, faults: [Fault], factory: FaultInjectingFactory) {
+        self.inner = inner
+        self.group = group
+        self.faults = faults
+        self.factory = factory
+    }
+
+    var members: [Int] { inner.members }
+    var index: Int { inner.index }
+    var label: String { inner.label }
+    var nextCall: Int { inner.nextCall }
+
+    func publish(_ header: CallHeader, _ buffers: PeerBuffers) throws {
+        let rank = members[index]
+        let sequence = factory.nextSequence(of: rank)
+        var header = header
+        for fault in faults where fault.call == (fault.group == nil ? sequence : header.call) {
+            switch fault.action {
+            case .delay(let seconds):
+                Thread.sleep(forTimeInterval: seconds)
+            case .drop:
+                droppedCall.store(header.call, ordering: .relaxed)
+            case .corruptHeader:
+                header.op = "<corrupt header>"
+                header.kind = "<corrupt header>"
+            case .fail:
+                throw FVDError.invalidArgument("injected failure on rank \(rank) at \(header.op) in group \(label) (call #\(header.call))")
+            case .exit(let status):
+                if factory.ranksAreProcesses { Foundation.exit(status) }
+                throw InjectedExit(rank: rank, op: header.op, group: label)
+            case .kill:
+                if factory.ranksAreProcesses { _ = kill(getpid(), SIGKILL) }
+                throw InjectedExit(rank: rank, op: header.op, group: label)
+            }
+        }
+        try inner.publish(header, buffers)
+    }
+
+    func post(_ phase: Phase, call: Int) {
+        if phase == .arrived, droppedCall.load(ordering: .relaxed) == call { return }
+        inner.post(phase, call: call)
+    }
+
+    func wait(_ phase: Phase, call: Int, op: String) throws { try inner.wait(phase, call: call, op: op) }
+    func header(of i: Int) -> CallHeader { inner.header(of: i) }
+    func buffers(of i: Int) -> PeerBuffers { inner.buffers(of: i) }
+    func enter() -> Bool { inner.enter() }
+    func leave() { inner.leave() }
+    func release() { inner.release() }
+    func checkHealthy() throws { try inner.checkHealthy() }
+    func abort(_ error: FVDError) { inner.abort(error) }
+}
