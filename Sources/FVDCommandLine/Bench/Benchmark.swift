@@ -1,6 +1,5 @@
 import FastVideoDistributed
 import Foundation
-import Synchronization
 
 /// A collective that `fvd bench` can time.
 public enum BenchOperation: String, CaseIterable, Sendable, Codable {

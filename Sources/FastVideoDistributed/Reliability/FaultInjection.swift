@@ -146,7 +146,7 @@ final class FaultInjectingFactory: ChannelFactory {
     let faults: [Fault]
     /// True when ranks are processes: `exit` and `kill` end the process.
     let ranksAreProcesses: Bool
-    private let counts = Mutex<[Int: Int]>([:])
+    private let counts = Locked<[Int: Int]>([:])
 
     init(wrapping inner: any ChannelFactory, faults: [Fault], ranksAreProcesses: Bool) {
         self.inner = inner

@@ -69,7 +69,7 @@ public final class FlightRecorder: Sendable {
             return Array(slots[head...]) + Array(slots[..<head])
         }
     }
-    private let ring = Mutex(Ring())
+    private let ring = Locked(Ring())
 
     /// Default capacity: the last 64 calls.
     public static let defaultCapacity = 64

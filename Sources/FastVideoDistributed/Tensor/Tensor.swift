@@ -1,5 +1,4 @@
 import CFVDShims
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -97,7 +96,7 @@ final class BufferCache: Sendable {
     let limitBytes: Int
     /// A freed buffer. Invariant: owned by the cache alone until `take` hands it out.
     private struct Buffer: @unchecked Sendable { let pointer: UnsafeMutableRawPointer }
-    private let state = Mutex<(free: [Int: [Buffer]], bytes: Int)>(([:], 0))
+    private let state = Locked<(free: [Int: [Buffer]], bytes: Int)>(([:], 0))
 
     init(limitBytes: Int) { self.limitBytes = limitBytes }
 

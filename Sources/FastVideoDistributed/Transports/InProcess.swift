@@ -14,9 +14,9 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
     let size: Int
     let timeoutNanoseconds: UInt64
     let spin: Bool
-    private let failure = Mutex<FVDError?>(nil)
-    private let exited: Mutex<[Bool]>
-    private let groups = Mutex<[String: InProcessGroupState]>([:])
+    private let failure = Locked<FVDError?>(nil)
+    private let exited: Locked<[Bool]>
+    private let groups = Locked<[String: InProcessGroupState]>([:])
     private let recorders: [FlightRecorder]
 
     init(size: Int, timeout: Double) {
@@ -25,7 +25,7 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
         // Beyond ~31 years (or infinity) means no deadline.
         timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
         spin = size <= ProcessInfo.processInfo.activeProcessorCount
-        exited = Mutex(Array(repeating: false, count: size))
+        exited = Locked(Array(repeating: false, count: size))
     }
 
     func makeChannel(name: String, members: [Int], rank: Int) -> any PeerMemoryChannel {
@@ -168,7 +168,7 @@ public struct InProcessWorld: Sendable {
         let state = InProcessWorldState(size: size, timeout: timeout)
         let factory: any ChannelFactory =
             faults.isEmpty ? state : FaultInjectingFactory(wrapping: state, faults: faults, ranksAreProcesses: false)
-        let results = Mutex<[Result<R, any Error>?]>(Array(repeating: nil, count: size))
+        let results = Locked<[Result<R, any Error>?]>(Array(repeating: nil, count: size))
         let done = DispatchGroup()
         for rank in 0..<size {
             done.enter()

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// This process's rank of a world of processes, as started by `fvd launch` (or any
 /// launcher that sets torchrun's variables): see ``World/fromEnvironment(timeout:faults:)``.
@@ -35,7 +34,7 @@ public struct ProcessWorld: Sendable {
 }
 
 /// The shared-memory world of this process, for the exit hook.
-private let processWorldState = Mutex<(world: ProcessWorld?, exitHookInstalled: Bool)>((nil, false))
+private let processWorldState = Locked<(world: ProcessWorld?, exitHookInstalled: Bool)>((nil, false))
 
 extension World {
     /// This process's rank of the world described by the environment, like FastVideo's

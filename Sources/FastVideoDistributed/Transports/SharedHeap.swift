@@ -1,6 +1,5 @@
 import CFVDShims
 import Foundation
-import Synchronization
 
 /// This process's part of a multi-process world's shared-memory segment, from which
 /// its tensors are allocated so that the other ranks can read them in place.
@@ -21,7 +20,7 @@ import Synchronization
 final class SharedHeap: Sendable {
     /// The heap of this process's multi-process world, if it is a rank of one.
     static var active: SharedHeap? { current.withLock { $0 } }
-    private static let current = Mutex<SharedHeap?>(nil)
+    private static let current = Locked<SharedHeap?>(nil)
 
     /// Makes `heap` the place new tensors are allocated (`nil`: ordinary memory again).
     static func activate(_ heap: SharedHeap?) { current.withLock { $0 = heap } }
@@ -35,7 +34,7 @@ final class SharedHeap: Sendable {
     private let fileOffset: Int
     private let cacheLimit: Int
     private struct FreeBlock { var offset: Int; var backed: Bool }
-    private let state = Mutex<(next: Int, free: [Int: [FreeBlock]], cachedBytes: Int)>((0, [:], 0))
+    private let state = Locked<(next: Int, free: [Int: [FreeBlock]], cachedBytes: Int)>((0, [:], 0))
 
     init(base: UnsafeMutableRawPointer, capacity: Int, fd: Int32, fileOffset: Int) {
         region = Region(base: base)

@@ -49,8 +49,10 @@ final class SharedSegment: @unchecked Sendable {
         registryOffset = Self.roundUp(controlOffset + worldSize * Self.controlBytes, 4096)
         channelOffset = registryOffset + Self.registrySlots * Self.registrySlotBytes
         heapOffset = Self.roundUp(channelOffset + Self.channelAreaBytes, 2 << 20)
-        // Sparse: only touched pages use memory. At most 16 TiB of address space in all.
-        heapBytes = min(64 << 30, (16 << 40) / worldSize) & ~4095
+        // Sparse: only touched pages use memory. At most 2 TiB of address space in all
+        // (64 GiB per rank up to 32 ranks, 2 GiB per rank at 1024), which also fits the
+        // smaller address space of a process under ThreadSanitizer.
+        heapBytes = min(64 << 30, (2 << 40) / worldSize) & ~4095
         let total = heapOffset + worldSize * heapBytes
         byteCount = total
 
@@ -229,8 +231,8 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     let segment: SharedSegment
     let timeoutNanoseconds: UInt64
     let spin: Bool
-    private let localFailure = Mutex<FVDError?>(nil)
-    private let groups = Mutex<[String: SharedGroupState]>([:])
+    private let localFailure = Locked<FVDError?>(nil)
+    private let groups = Locked<[String: SharedGroupState]>([:])
     private let lastLivenessCheck = Atomic<UInt64>(0)
     private let recorder: FlightRecorder
 
@@ -316,7 +318,7 @@ final class SharedGroupState: Sendable {
     private struct Records: @unchecked Sendable { let base: UnsafeMutableRawPointer }
     private let records: Records
     /// This rank's buffers, kept alive until its peers have read them.
-    let keepAlive = Mutex<[TensorStorage]>([])
+    let keepAlive = Locked<[TensorStorage]>([])
     let busy = Atomic<Bool>(false)
 
     init(label: String, members: [Int], region: UnsafeMutableRawPointer) {
