@@ -82,7 +82,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         output: Tensor? = nil, _ body: (_ call: Int) throws -> R
     ) throws -> R {
         let recorder = flightRecorder
-        let sequence = recorder.begin(op: op, group: description, call: channel.nextCall, shape: input.shape, dtype: input.dtype)
+        let sequence = recorder.begin(op: op, group: channel.label, call: channel.nextCall, shape: input.shape, dtype: input.dtype)
         do {
             let result = try runCollective(op, kind: kind, input, arguments: arguments, text: text, output: output, body)
             recorder.end(sequence)

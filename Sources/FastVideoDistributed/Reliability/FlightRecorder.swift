@@ -39,7 +39,7 @@ public struct FlightRecord: Sendable, Codable, Equatable {
 /// collective failed, like NCCL's flight recorder.
 ///
 /// Every rank records each collective it starts (op, group, call number, shape, dtype,
-/// start and end time, outcome) at the cost of one uncontended lock and a clock read.
+/// start and end time, outcome) at the cost of two uncontended locks and two clock reads.
 /// When a collective throws, the recorder is written:
 /// - to `FVD_FLIGHT_RECORDER_DIR/rank<R>.json` (atomically, replaced on each failure)
 ///   when that variable names a folder, for every transport;
