@@ -84,10 +84,9 @@ public final class FlightRecorder: Sendable {
         self.printsOnBreak = printsOnBreak
     }
 
-    /// A recorder configured from `FVD_FLIGHT_RECORDER_DIR`.
-    static func fromEnvironment(rank: Int, printsOnBreak: Bool) -> FlightRecorder {
-        let directory = ProcessInfo.processInfo.environment["FVD_FLIGHT_RECORDER_DIR"].flatMap { $0.isEmpty ? nil : $0 }
-        return FlightRecorder(rank: rank, directory: directory, printsOnBreak: printsOnBreak)
+    /// The folder `FVD_FLIGHT_RECORDER_DIR` names, if any.
+    static var directoryFromEnvironment: String? {
+        ProcessInfo.processInfo.environment["FVD_FLIGHT_RECORDER_DIR"].flatMap { $0.isEmpty ? nil : $0 }
     }
 
     /// The kept calls, oldest first.

@@ -21,7 +21,8 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
 
     init(size: Int, timeout: Double) {
         self.size = size
-        recorders = (0..<size).map { FlightRecorder.fromEnvironment(rank: $0, printsOnBreak: false) }
+        let directory = FlightRecorder.directoryFromEnvironment
+        recorders = (0..<size).map { FlightRecorder(rank: $0, directory: directory, printsOnBreak: false) }
         // Beyond ~31 years (or infinity) means no deadline.
         timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
         spin = size <= ProcessInfo.processInfo.activeProcessorCount

@@ -238,7 +238,7 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
 
     init(segment: SharedSegment, timeout: Double) {
         self.segment = segment
-        recorder = FlightRecorder.fromEnvironment(rank: segment.rank, printsOnBreak: true)
+        recorder = FlightRecorder(rank: segment.rank, directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
         timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
         spin = segment.worldSize <= ProcessInfo.processInfo.activeProcessorCount
     }
