@@ -7,6 +7,11 @@ let package = Package(
         .library(name: "FastVideoDistributed", targets: ["FastVideoDistributed"]),
         .executable(name: "fvd", targets: ["fvd"]),
     ],
+    // `swift build --traits MPI`: the MPI transport, for ranks on many hosts (needs Open MPI
+    // or MPICH: `apt-get install libopenmpi-dev openmpi-bin`). The default build needs nothing.
+    traits: [
+        .trait(name: "MPI", description: "The MPI transport (Open MPI or MPICH, found by pkg-config)."),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         // `swift package generate-documentation` (the DocC catalog in Sources/FastVideoDistributed).
@@ -15,9 +20,18 @@ let package = Package(
     targets: [
         // Thin C shims: futex, atomics on raw memory, streaming-store copy. Nothing clever in C.
         .target(name: "CFVDShims"),
+        // MPI's C API, found by pkg-config; only built with the MPI trait.
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "mpi",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
         .target(
             name: "FastVideoDistributed",
-            dependencies: ["CFVDShims"]
+            dependencies: [
+                "CFVDShims",
+                .target(name: "CMPI", condition: .when(traits: ["MPI"])),
+            ]
         ),
         // The `fvd` commands live in a library so that tests can drive them without a process.
         .target(

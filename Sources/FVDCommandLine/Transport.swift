@@ -6,9 +6,12 @@ import Foundation
 
 /// Throws unless `name` is a transport this build can run.
 func checkTransport(_ name: String) throws {
-    guard name == "inprocess" || name == "shm" else {
+    if name == "mpi", !World.isMPIAvailable {
         throw FVDError.invalidArgument(
-            "transport '\(name)' is not available in this build; use 'inprocess' or 'shm' (MPI is not built yet)")
+            "transport 'mpi' is not in this build: build with `swift build --traits MPI` (needs libopenmpi-dev or libmpich-dev)")
+    }
+    guard ["inprocess", "shm", "mpi"].contains(name) else {
+        throw FVDError.invalidArgument("unknown transport '\(name)'; use 'inprocess', 'shm' or 'mpi'")
     }
 }
 
@@ -39,18 +42,33 @@ public enum RankPlacement: Sendable {
     /// Where a command with `--transport` runs: threads for `inprocess`; for `shm`, this
     /// process as its rank of the world from the environment. Outside a launcher, `shm`
     /// first runs this same command as `worldSize` ranks and then ends with their exit
-    /// status (thrown as an `ExitCode`).
+    /// status (thrown as an `ExitCode`). `mpi` must be started by `mpirun` with
+    /// `worldSize` ranks.
     static func forCommand(transport: String, worldSize: Int, timeout: Double? = nil) throws -> RankPlacement {
-        guard transport == "shm" else { return .inProcess }
-        guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
-        return .process(try World.fromEnvironment(timeout: timeout))
+        switch transport {
+        case "shm":
+            guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
+            return .process(try World.fromEnvironment(timeout: timeout))
+        case "mpi":
+            let world = try World.fromEnvironment(timeout: timeout)
+            guard world.transport == "MPI" else {
+                throw FVDError.invalidArgument(
+                    "--transport mpi: start the ranks with mpirun, e.g. mpirun -n \(worldSize) fvd … --transport mpi")
+            }
+            guard world.size == worldSize else {
+                throw FVDError.invalidArgument("--world-size is \(worldSize) but mpirun started \(world.size) ranks")
+            }
+            return .process(world)
+        default:
+            return .inProcess
+        }
     }
 
     /// The transport's name in the report.
     var name: String {
         switch self {
         case .inProcess: return "inprocess"
-        case .process(let world): return world.size == 1 ? "inprocess" : "shm"
+        case .process(let world): return world.size == 1 ? "inprocess" : world.transport == "MPI" ? "mpi" : "shm"
         }
     }
 }

@@ -39,6 +39,8 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
     case noParallelState
     /// One group's coordinator was used from two threads at once.
     case concurrentUse(group: String)
+    /// The transport's own machinery failed, e.g. an MPI call; the message is its own.
+    case transportFailure(transport: String, message: String)
 
     public var description: String {
         switch self {
@@ -82,6 +84,8 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
         case .noParallelState:
             return "no parallel state: call the collective inside ParallelState.withCurrent { ... } "
                 + "or use the ParallelState's methods directly"
+        case let .transportFailure(transport, message):
+            return "\(transport): \(message)"
         case let .concurrentUse(group):
             return "group \(group) was used from two threads at once; each rank must call its collectives in order from one thread"
         }
@@ -91,7 +95,7 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
     /// as opposed to a usage error that every rank saw alike.
     var breaksGroup: Bool {
         switch self {
-        case .timeout, .peerFailed, .peerExited, .concurrentUse: return true
+        case .timeout, .peerFailed, .peerExited, .concurrentUse, .transportFailure: return true
         default: return false
         }
     }

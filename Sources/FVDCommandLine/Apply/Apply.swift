@@ -134,6 +134,34 @@ public func runApply(_ config: ApplyConfiguration) throws -> [String] {
     }
 }
 
+/// One rank of `fvd apply --transport mpi` (started by `mpirun`): every rank reads every
+/// input (so a missing file fails on every rank alike, before any collective; the inputs
+/// must be visible to every host), runs the operation on its own, and sends its result to
+/// rank 0, which writes them all or none, as ``runApply(_:)`` does.
+/// - Returns: the paths written on rank 0, `nil` on the others.
+func runApplyOverMPI(_ config: ApplyConfiguration, world: ProcessWorld) throws -> [String]? {
+    try config.checkOptions()
+    let layout = try config.layout()
+    let files = try (0..<config.worldSize).map { try RankFile.read(directory: config.inputDirectory, rank: $0) }
+    let gathered = try world.run { group -> Tensor? in
+        let output = try config.apply(to: files[group.rank].tensor, on: group, layout: layout)
+        return try group.gather(output.reshaped([1] + output.shape), to: 0, dim: 0)
+    }
+    guard let gathered else { return nil }
+    let outputs = try (0..<config.worldSize).map { rank in
+        var output = try Tensor(zeros: Array(gathered.shape.dropFirst()), dtype: gathered.dtype)
+        output.withUnsafeMutableBytes { out in
+            gathered.withUnsafeBytes { all in
+                out.copyMemory(from: UnsafeRawBufferPointer(rebasing: all[(rank * out.count)..<((rank + 1) * out.count)]))
+            }
+        }
+        return output
+    }
+    return try writeAllOrNothing(into: config.outputDirectory, superseding: config.otherFormatNames(files)) { staging in
+        try zip(files, outputs).enumerated().map { rank, pair in try pair.0.write(pair.1, rank: rank, into: staging) }
+    }
+}
+
 /// `fvd apply --transport shm`, outside a launcher: checks everything, then runs the
 /// same command as `worldSize` processes (``runApplyAsRank(_:staging:)``), which write
 /// into one staging folder; the outputs are moved into place only if every rank succeeded.

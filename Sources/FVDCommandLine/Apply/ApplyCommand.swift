@@ -46,7 +46,7 @@ struct ApplyCommand: ParsableCommand {
     @Option(help: "Folder for the outputs (created if missing).")
     var outputs: String
 
-    @Option(help: "How ranks talk; 'inprocess' (threads) or 'shm' (one process per rank, started through fvd launch).")
+    @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
 
     @Option(help: "Seconds a collective waits for missing ranks.")
@@ -75,6 +75,13 @@ struct ApplyCommand: ParsableCommand {
                         "unknown --op '\(op)'; use one of \(ReduceOp.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 config.reduceOp = reduceOp
+            }
+            if transport == "mpi" {
+                guard case .process(let world) = try RankPlacement.forCommand(transport: transport, worldSize: worldSize, timeout: timeout),
+                    let paths = try runApplyOverMPI(config, world: world)
+                else { return }
+                print("\(operation.rawValue): wrote \(paths.count) file\(paths.count == 1 ? "" : "s") to \(outputs)")
+                return
             }
             if transport == "shm", isLaunchedRank {
                 guard let rankStaging else { throw FVDError.invalidArgument("apply --transport shm runs its own ranks; start it without a launcher") }

@@ -22,7 +22,7 @@ struct BenchCommand: ParsableCommand {
     var op: String = "all"
     @Option(name: .customLong("world-size"), help: "Number of ranks.")
     var worldSize: Int = 2
-    @Option(help: "How ranks talk; 'inprocess' (threads) or 'shm' (one process per rank, started through fvd launch).")
+    @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
     @Option(help: "Element type.")
     var dtype: String = "float32"

@@ -55,7 +55,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Seconds a collective waits for missing ranks.")
     var timeout: Double = 60
 
-    @Option(help: "How ranks talk: 'inprocess' (threads) or 'shm' (one process per rank, started through fvd launch).")
+    @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
 
     func run() throws {
@@ -89,7 +89,7 @@ func render(_ report: DemoReport, transport: String = "inprocess") -> String {
     var lines = [
         "fvd demo: video-DiT block, \(c.frames) frames × \(c.height)×\(c.width) patches = \(c.tokens) tokens, "
             + "hidden \(c.hidden), \(c.heads) heads, text dim \(c.textDim), MLP ×\(c.mlpRatio)",
-        "world \(c.worldSize) \(transport == "shm" ? "processes (shared memory)" : "in-process ranks"): tp \(c.tensorParallel), sp \(c.sequenceParallel), "
+        "world \(c.worldSize) \(["shm": "processes (shared memory)", "mpi": "processes (MPI)"][transport] ?? "in-process ranks"): tp \(c.tensorParallel), sp \(c.sequenceParallel), "
             + "\(c.samples) replica\(c.samples == 1 ? "" : "s") of \(c.replicaSize) rank\(c.replicaSize == 1 ? "" : "s"), "
             + "one sample each",
         "",

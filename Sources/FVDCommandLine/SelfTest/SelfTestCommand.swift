@@ -53,7 +53,9 @@ struct SelfTestCommand: ParsableCommand {
             // The reference first, in ordinary memory: once this process joins a multi-process
             // world, its tensors (in-process ones included) live in the shared segment.
             let env = ProcessInfo.processInfo.environment
-            let size = Int(env["WORLD_SIZE"] ?? "1") ?? 1, rank = Int(env["RANK"] ?? "0") ?? 0
+            // torchrun's variables, or Open MPI's or MPICH's under mpirun.
+            let size = Int(env["WORLD_SIZE"] ?? env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"] ?? "1") ?? 1
+            let rank = Int(env["RANK"] ?? env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"] ?? "0") ?? 0
             let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
                 try runCollectives(group, worldSize: size, mismatch: nil)
             }[min(max(rank, 0), size - 1)]

@@ -60,19 +60,23 @@ func performCollective<R>(
 /// call, and call numbers live in the group's shared progress words.
 private func checkAgreement(_ channel: any PeerMemoryChannel) throws {
     let headers = (0..<channel.members.count).map(channel.header(of:))
-    let ranks = channel.members
-    let mine = headers[channel.index]
+    if let error = disagreement(headers, ranks: channel.members, label: channel.label, index: channel.index) { throw error }
+}
+
+/// The error every rank throws when the headers of one call differ, or `nil` when they agree.
+func disagreement(_ headers: [CallHeader], ranks: [Int], label: String, index: Int) -> FVDError? {
+    let mine = headers[index]
     if headers.contains(where: { $0.kind != mine.kind }) {
-        throw FVDError.operationMismatch(group: channel.label, ranks: ranks, operations: headers.map(\.op))
+        return .operationMismatch(group: label, ranks: ranks, operations: headers.map(\.op))
     }
     if headers.contains(where: { $0.dtype != mine.dtype }) {
-        throw FVDError.dtypeMismatch(op: mine.op, group: channel.label, ranks: ranks, dtypes: headers.map(\.dtype))
+        return .dtypeMismatch(op: mine.op, group: label, ranks: ranks, dtypes: headers.map(\.dtype))
     }
     if headers.contains(where: { $0.shape != mine.shape }) {
-        throw FVDError.shapeMismatch(op: mine.op, group: channel.label, ranks: ranks, shapes: headers.map(\.shape))
+        return .shapeMismatch(op: mine.op, group: label, ranks: ranks, shapes: headers.map(\.shape))
     }
     if headers.contains(where: { $0.arguments != mine.arguments }) {
-        throw FVDError.argumentMismatch(
-            op: mine.op, group: channel.label, ranks: ranks, arguments: headers.map(\.argumentText))
+        return .argumentMismatch(op: mine.op, group: label, ranks: ranks, arguments: headers.map(\.argumentText))
     }
+    return nil
 }

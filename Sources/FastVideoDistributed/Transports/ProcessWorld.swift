@@ -9,25 +9,26 @@ public struct ProcessWorld: Sendable {
     public let size: Int
     /// The group of every rank; build a ``ParallelState`` over it.
     public let group: GroupCoordinator
-    /// `shared memory` for a multi-process world, `single process` for a world of one.
+    /// `shared memory` or `MPI` for a multi-process world, `single process` for a world of one.
     public let transport: String
-    let shared: SharedMemoryWorldState?
+    /// Tells the peers that `body` of ``run(_:)`` threw this error.
+    let failureHook: (@Sendable (any Error) -> Void)?
+    /// Tells the peers that this process is exiting.
+    let exitHook: (@Sendable () -> Void)?
 
-    /// Runs `body` with the world group. If it throws, the failure is recorded in the
-    /// shared segment first, so every other rank's current or next collective throws
-    /// ``FVDError/peerFailed(rank:message:)`` at once instead of waiting for this rank
-    /// (unless the error is itself another rank's failure or exit, which the peers
-    /// detect on their own, so the root cause is what they report).
+    /// Runs `body` with the world group. If it throws, the peers are told at once, so
+    /// they do not wait for this rank:
+    /// - shared memory: the failure is recorded in the segment, so every other rank's
+    ///   current or next collective throws ``FVDError/peerFailed(rank:message:)``
+    ///   (unless the error is itself another rank's failure or exit, which the peers
+    ///   detect on their own, so the root cause is what they report);
+    /// - MPI: the error is printed to standard error (`error: …`) and the job is ended
+    ///   with `MPI_Abort`, MPI's only way to stop ranks blocked in a collective.
     public func run<R>(_ body: (GroupCoordinator) throws -> R) throws -> R {
         do {
             return try body(group)
         } catch {
-            switch error as? FVDError {
-            case .peerFailed?, .peerExited?:
-                break  // a consequence of another rank's failure, which its peers see themselves
-            default:
-                shared?.abort(.peerFailed(rank: rank, message: String(describing: error)), tellPeers: true)
-            }
+            failureHook?(error)
             throw error
         }
     }
@@ -63,6 +64,9 @@ extension World {
     ///   cannot be created or mapped.
     public static func fromEnvironment(timeout: Double? = nil, faults: [Fault]? = nil) throws -> ProcessWorld {
         let env = ProcessInfo.processInfo.environment
+        #if MPI
+        if MPIWorldState.isLaunchedByMPI(env) { return try fromMPI(timeout: timeout, faults: faults) }
+        #endif
         func integer(_ key: String, default value: Int) throws -> Int {
             guard let text = env[key] else { return value }
             guard let v = Int(text) else { throw FVDError.invalidArgument("\(key)=\(text) is not an integer") }
@@ -89,7 +93,7 @@ extension World {
                     faults.isEmpty ? state : FaultInjectingFactory(wrapping: state, faults: faults, ranksAreProcesses: true)
                 world = ProcessWorld(
                     rank: 0, size: 1, group: try GroupCoordinator(name: "world", ranks: [0], rank: 0, factory: factory),
-                    transport: "single process", shared: nil)
+                    transport: "single process", failureHook: nil, exitHook: nil)
             } else {
                 let name = env["FVD_SHM_NAME"] ?? "/fvd-port-\(env["MASTER_PORT"] ?? "29500")"
                 guard name.hasPrefix("/"), name.dropFirst().allSatisfy({ $0 != "/" }), name.count < 200 else {
@@ -114,20 +118,71 @@ extension World {
                     SharedHeap(
                         base: segment.heapBase(of: rank), capacity: segment.heapBytes, fd: segment.fd,
                         fileOffset: segment.heapBase(of: rank) - segment.base))
-                world = ProcessWorld(rank: rank, size: size, group: group, transport: "shared memory", shared: shared)
-                if !state.exitHookInstalled {
-                    state.exitHookInstalled = true
-                    atexit { markProcessWorldExited() }
-                }
+                world = ProcessWorld(
+                    rank: rank, size: size, group: group, transport: "shared memory",
+                    failureHook: { error in
+                        switch error as? FVDError {
+                        case .peerFailed?, .peerExited?:
+                            break  // a consequence of another rank's failure, which its peers see themselves
+                        default:
+                            shared.abort(.peerFailed(rank: rank, message: String(describing: error)), tellPeers: true)
+                        }
+                    },
+                    exitHook: { shared.markExited() })
             }
-            state.world = world
+            installExitHook(&state, world)
             return world
+        }
+    }
+
+    /// Records `world` as this process's and calls its exit hook at process exit.
+    private static func installExitHook(
+        _ state: inout (world: ProcessWorld?, exitHookInstalled: Bool), _ world: ProcessWorld
+    ) {
+        state.world = world
+        if world.exitHook != nil, !state.exitHookInstalled {
+            state.exitHookInstalled = true
+            atexit { runProcessWorldExitHook() }
         }
     }
 }
 
 /// At process exit: tell the peers this rank is gone, so their waits end at once.
-private func markProcessWorldExited() {
-    let shared = processWorldState.withLock { $0.world?.shared }
-    shared?.markExited()
+private func runProcessWorldExitHook() {
+    let hook = processWorldState.withLock { $0.world?.exitHook }
+    hook?()
 }
+
+#if MPI
+extension World {
+    /// Whether this build has the MPI transport (the package trait `MPI`).
+    public static let isMPIAvailable = true
+
+    /// This process's rank of the job `mpirun` started: see ``fromEnvironment(timeout:faults:)``.
+    static func fromMPI(timeout: Double?, faults: [Fault]?) throws -> ProcessWorld {
+        let seconds = try resolvedTimeout(timeout)
+        return try processWorldState.withLock { state in
+            if let world = state.world { return world }
+            let mpi = try MPIWorldState(timeout: seconds)
+            let faults = try resolvedFaults(faults, worldSize: mpi.size)
+            let factory: any ChannelFactory =
+                faults.isEmpty ? mpi : FaultInjectingFactory(wrapping: mpi, faults: faults, ranksAreProcesses: true)
+            let group = try GroupCoordinator(name: "world", ranks: Array(0..<mpi.size), rank: mpi.rank, factory: factory)
+            let world = ProcessWorld(
+                rank: mpi.rank, size: mpi.size, group: group, transport: "MPI",
+                failureHook: { error in
+                    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+                    mpi.finish(failed: true)
+                },
+                exitHook: { mpi.finish(failed: false) })
+            installExitHook(&state, world)
+            return world
+        }
+    }
+}
+#else
+extension World {
+    /// Whether this build has the MPI transport (the package trait `MPI`).
+    public static let isMPIAvailable = false
+}
+#endif

@@ -1,0 +1,20 @@
+// The MPI C API for Swift: <mpi.h> plus accessors for the handles that are macros
+// (Open MPI and MPICH define MPI_COMM_WORLD, MPI_BYTE... as macros Swift cannot import).
+#ifndef FVD_CMPI_H
+#define FVD_CMPI_H
+#include <mpi.h>
+
+static inline MPI_Comm fvd_mpi_comm_world(void) { return MPI_COMM_WORLD; }
+static inline MPI_Comm fvd_mpi_comm_null(void) { return MPI_COMM_NULL; }
+static inline MPI_Datatype fvd_mpi_byte(void) { return MPI_BYTE; }
+static inline MPI_Request fvd_mpi_request_null(void) { return MPI_REQUEST_NULL; }
+static inline MPI_Status *fvd_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
+static inline MPI_Status *fvd_mpi_statuses_ignore(void) { return MPI_STATUSES_IGNORE; }
+static inline MPI_Errhandler fvd_mpi_errors_return(void) { return MPI_ERRORS_RETURN; }
+static inline int fvd_mpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
+static inline int fvd_mpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
+static inline int fvd_mpi_success(void) { return MPI_SUCCESS; }
+static inline int fvd_mpi_undefined(void) { return MPI_UNDEFINED; }
+static inline void *fvd_mpi_in_place(void) { return MPI_IN_PLACE; }
+
+#endif

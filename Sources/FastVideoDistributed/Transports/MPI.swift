@@ -1,0 +1,293 @@
+#if MPI
+import CMPI
+import Foundation
+import Synchronization
+
+/// Throws ``FVDError/transportFailure(transport:message:)`` with MPI's own text when
+/// `code` is not `MPI_SUCCESS` (communicators return errors: `MPI_ERRORS_RETURN`).
+func mpiCheck(_ code: Int32, _ call: String) throws {
+    guard code != fvd_mpi_success() else { return }
+    var text = [CChar](repeating: 0, count: Int(fvd_mpi_max_error_string()) + 1)
+    var length: Int32 = 0
+    MPI_Error_string(code, &text, &length)
+    let message = String(decoding: text.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    throw FVDError.transportFailure(transport: "MPI", message: "\(call) failed: \(message)")
+}
+
+/// MPI counts are 32-bit: the byte count of one message, or an error naming the limit.
+private func mpiCount(_ bytes: Int, _ op: String) throws -> Int32 {
+    guard let count = Int32(exactly: bytes) else {
+        throw FVDError.invalidArgument(
+            "\(op): \(bytes) bytes in one MPI message; the MPI transport sends at most \(Int32.max) bytes per rank and call")
+    }
+    return count
+}
+
+/// One rank of a world started by `mpirun`: MPI's world communicator, a communicator
+/// per group, and this rank's flight recorder.
+final class MPIWorldState: ChannelFactory, @unchecked Sendable {
+    let rank: Int
+    let size: Int
+    let timeoutNanoseconds: UInt64
+    private let failure = Locked<FVDError?>(nil)
+    private let groups = Locked<[String: MPIGroupState]>([:])
+    private let recorder: FlightRecorder
+
+    /// Whether this process was started by an MPI launcher (or `FVD_TRANSPORT=mpi`).
+    static func isLaunchedByMPI(_ environment: [String: String]) -> Bool {
+        environment["FVD_TRANSPORT"] == "mpi" || environment["OMPI_COMM_WORLD_SIZE"] != nil
+            || environment["PMI_SIZE"] != nil
+    }
+
+    /// Initializes MPI (`MPI_Init_thread`, asking for `MPI_THREAD_MULTIPLE`) and makes
+    /// communicators return errors instead of aborting.
+    init(timeout: Double) throws {
+        var provided: Int32 = 0
+        try mpiCheck(MPI_Init_thread(nil, nil, fvd_mpi_thread_multiple(), &provided), "MPI_Init_thread")
+        try mpiCheck(MPI_Comm_set_errhandler(fvd_mpi_comm_world(), fvd_mpi_errors_return()), "MPI_Comm_set_errhandler")
+        var rank: Int32 = 0, size: Int32 = 0
+        try mpiCheck(MPI_Comm_rank(fvd_mpi_comm_world(), &rank), "MPI_Comm_rank")
+        try mpiCheck(MPI_Comm_size(fvd_mpi_comm_world(), &size), "MPI_Comm_size")
+        self.rank = Int(rank)
+        self.size = Int(size)
+        timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
+        recorder = FlightRecorder(rank: Int(rank), directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
+    }
+
+    func flightRecorder(rank: Int) -> FlightRecorder { recorder }
+
+    var abortError: FVDError? { failure.withLock { $0 } }
+
+    func abort(_ error: FVDError) { failure.withLock { if $0 == nil { $0 = error } } }
+
+    /// Ends MPI for this process: `MPI_Finalize` after a clean run, `MPI_Abort` (which
+    /// ends every rank of the job) after a failure that peers may still be waiting on.
+    func finish(failed: Bool) {
+        var finalized: Int32 = 0
+        MPI_Finalized(&finalized)
+        guard finalized == 0 else { return }
+        if failed || abortError != nil {
+            MPI_Abort(fvd_mpi_comm_world(), 1)
+        } else {
+            MPI_Finalize()
+        }
+    }
+
+    /// A communicator for the group, created by its members only (`MPI_Comm_create_group`).
+    func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel {
+        let index = members.firstIndex(of: rank)!
+        if members.count == 1 {
+            // A size-1 group never communicates.
+            return InProcessWorldState(size: 1, timeout: 0).makeChannel(name: name, members: [0], rank: 0)
+        }
+        let key = "\(name) \(members)"
+        let group = try groups.withLock { groups in
+            if let g = groups[key] { return g }
+            var worldGroup: MPI_Group?
+            try mpiCheck(MPI_Comm_group(fvd_mpi_comm_world(), &worldGroup), "MPI_Comm_group")
+            defer { MPI_Group_free(&worldGroup) }
+            var group: MPI_Group?
+            let ranks = members.map(Int32.init)
+            try mpiCheck(MPI_Group_incl(worldGroup, Int32(ranks.count), ranks, &group), "MPI_Group_incl")
+            defer { MPI_Group_free(&group) }
+            var comm: MPI_Comm?
+            // Groups made at the same time by the same ranks are told apart by their key's hash.
+            let tag = Int32(key.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 } % 30_000)
+            try mpiCheck(MPI_Comm_create_group(fvd_mpi_comm_world(), group, tag, &comm), "MPI_Comm_create_group")
+            try mpiCheck(MPI_Comm_set_errhandler(comm, fvd_mpi_errors_return()), "MPI_Comm_set_errhandler")
+            let g = MPIGroupState(comm: comm!, label: key, members: members, index: index)
+            groups[key] = g
+            return g
+        }
+        return MPIChannel(world: self, group: group)
+    }
+}
+
+/// One group's communicator and the current call's exchanged headers and buffers, on one rank.
+///
+/// Invariant: used only by the thread that holds `busy` (``PeerMemoryChannel/enter()``).
+final class MPIGroupState: @unchecked Sendable {
+    let comm: MPI_Comm
+    let label: String
+    let members: [Int]
+    let index: Int
+    let busy = Atomic<Bool>(false)
+    var calls = 0
+    var headers: [CallHeader] = []
+    var mine = PeerBuffers(input: UnsafeRawPointer(bitPattern: 1)!)
+    /// Where member `j`'s input (and all-reduce output) can be read during this call.
+    var inputs: [UnsafeRawPointer] = []
+    var outputs: [UnsafeMutableRawPointer?] = []
+    /// Received copies of the peers' data, kept until ``MPIChannel/release()``.
+    var received: [TensorStorage] = []
+
+    init(comm: MPI_Comm, label: String, members: [Int], index: Int) {
+        self.comm = comm
+        self.label = label
+        self.members = members
+        self.index = index
+    }
+}
+
+/// A group's endpoint on MPI: the peers' buffers are made readable by copying them here.
+///
+/// The collectives are the same code as on the peer-memory transports. Where those read
+/// a peer's input in place, this channel first receives it: at `.arrived` the ranks
+/// swap call headers point to point (so a missing rank is named at the timeout, and
+/// a mismatch is found before any data moves), then, if they agree, exchange what the
+/// collective reads (`MPI_Allgather` of the inputs, `MPI_Bcast` of the root's); the
+/// all-reduce's reduced chunks travel by `MPI_Allgatherv` at `.reduced`. Reductions run
+/// locally in rank order, so results are bitwise those of the other transports.
+final class MPIChannel: PeerMemoryChannel {
+    let world: MPIWorldState
+    let group: MPIGroupState
+    static let headerBytes = 4096
+
+    init(world: MPIWorldState, group: MPIGroupState) {
+        self.world = world
+        self.group = group
+    }
+
+    var members: [Int] { group.members }
+    var index: Int { group.index }
+    var label: String { group.label }
+    var nextCall: Int { group.calls }
+
+    func publish(_ header: CallHeader, _ buffers: PeerBuffers) {
+        group.headers = Array(repeating: header, count: members.count)
+        group.mine = buffers
+    }
+
+    func post(_ phase: Phase, call: Int) {
+        if phase == .done { group.calls = call + 1 }
+    }
+
+    func wait(_ phase: Phase, call: Int, op: String) throws {
+        do {
+            switch phase {
+            case .arrived:
+                try exchangeHeaders(call: call, op: op)
+                if disagreement(group.headers, ranks: members, label: label, index: index) == nil {
+                    try exchangeInputs(group.headers[index])
+                }
+            case .reduced: try exchangeReducedChunks(group.headers[index])
+            case .done: break
+            }
+        } catch let error as FVDError where error.breaksGroup {
+            world.abort(error)
+            throw error
+        }
+    }
+
+    func header(of i: Int) -> CallHeader { group.headers[i] }
+
+    func buffers(of i: Int) -> PeerBuffers {
+        PeerBuffers(input: group.inputs[i], output: group.outputs.isEmpty ? nil : group.outputs[i])
+    }
+
+    func enter() -> Bool { group.busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged }
+    func leave() { group.busy.store(false, ordering: .releasing) }
+
+    func release() {
+        group.received = []
+        group.inputs = []
+        group.outputs = []
+        group.mine.storage = []
+    }
+
+    func checkHealthy() throws {
+        if let error = world.abortError { throw error }
+    }
+
+    func abort(_ error: FVDError) { world.abort(error) }
+
+    /// Swaps headers with every member point to point, waiting at most the world's
+    /// timeout; a member whose header has not come by then is named in the timeout.
+    private func exchangeHeaders(call: Int, op: String) throws {
+        let n = members.count, size = Self.headerBytes
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: (n + 1) * size, alignment: 16)
+        defer { buffer.deallocate() }
+        let encoded = group.headers[index].encoded(limit: size - 4)
+        buffer.storeBytes(of: UInt32(encoded.count), as: UInt32.self)
+        encoded.withUnsafeBytes { (buffer + 4).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        let tag = Int32(call % 30_000)
+        let peers = (0..<n).filter { $0 != index }
+        var receives = [MPI_Request?](repeating: fvd_mpi_request_null(), count: n)
+        var sends = [MPI_Request?](repeating: fvd_mpi_request_null(), count: n)
+        for j in peers {
+            try mpiCheck(MPI_Irecv(buffer + (j + 1) * size, Int32(size), fvd_mpi_byte(), Int32(j), tag, group.comm, &receives[j]), "MPI_Irecv")
+        }
+        for j in peers {
+            try mpiCheck(MPI_Isend(buffer, Int32(size), fvd_mpi_byte(), Int32(j), tag, group.comm, &sends[j]), "MPI_Isend")
+        }
+        let start = DispatchTime.now().uptimeNanoseconds
+        var pending = peers
+        while !pending.isEmpty {
+            pending = try pending.filter { j in
+                var done: Int32 = 0
+                try mpiCheck(MPI_Test(&receives[j], &done, fvd_mpi_status_ignore()), "MPI_Test")
+                return done == 0
+            }
+            if pending.isEmpty { break }
+            let waited = DispatchTime.now().uptimeNanoseconds &- start
+            if waited >= world.timeoutNanoseconds {
+                for j in pending { MPI_Cancel(&receives[j]) }
+                let missing = pending.map { members[$0] }
+                throw FVDError.timeout(
+                    op: op, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
+                    seconds: Double(world.timeoutNanoseconds) / 1e9)
+            }
+            if waited > 200_000 { usleep(waited > 10_000_000 ? 1000 : 20) }
+        }
+        try mpiCheck(MPI_Waitall(Int32(n), &sends, fvd_mpi_statuses_ignore()), "MPI_Waitall")
+        for j in peers {
+            let record = buffer + (j + 1) * size
+            let count = min(Int(record.load(as: UInt32.self)), size - 4)
+            group.headers[j] = CallHeader(decoding: UnsafeRawBufferPointer(start: record + 4, count: count))
+        }
+    }
+
+    /// Makes every member's input readable here, as the collective `header` needs it.
+    private func exchangeInputs(_ header: CallHeader) throws {
+        let n = members.count
+        let bytes = header.shape.reduce(1, *) * header.dtype.byteSize
+        let count = try mpiCount(bytes, header.op)
+        group.inputs = Array(repeating: group.mine.input, count: n)
+        switch header.kind {
+        case "barrier":
+            break
+        case "broadcast":
+            // Only the root's input is read; an invalid root throws in the collective's body.
+            guard let root = header.arguments.first, (0..<n).contains(root) else { return }
+            if root == index {
+                try mpiCheck(MPI_Bcast(UnsafeMutableRawPointer(mutating: group.mine.input), count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
+            } else {
+                let copy = TensorStorage(uninitializedByteCount: bytes)
+                try mpiCheck(MPI_Bcast(copy.pointer, count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
+                group.received = [copy]
+                group.inputs[root] = UnsafeRawPointer(copy.pointer)
+            }
+        default:
+            let all = TensorStorage(uninitializedByteCount: bytes * n)
+            try mpiCheck(MPI_Allgather(group.mine.input, count, fvd_mpi_byte(), all.pointer, count, fvd_mpi_byte(), group.comm), "MPI_Allgather")
+            group.received = [all]
+            group.inputs = (0..<n).map { UnsafeRawPointer(all.pointer + $0 * bytes) }
+        }
+    }
+
+    /// The all-reduce's second step: every member's reduced chunk, where its output would be.
+    private func exchangeReducedChunks(_ header: CallHeader) throws {
+        let es = header.dtype.byteSize
+        let ranges = Layout.balancedRanges(count: header.shape.reduce(1, *), parts: members.count)
+        let counts = try ranges.map { try mpiCount($0.count * es, header.op) }
+        let offsets = try ranges.map { try mpiCount($0.lowerBound * es, header.op) }
+        let all = TensorStorage(uninitializedByteCount: max(1, ranges.last!.upperBound * es))
+        let mine = group.mine.output! + Int(offsets[index])
+        try mpiCheck(
+            MPI_Allgatherv(mine, counts[index], fvd_mpi_byte(), all.pointer, counts, offsets, fvd_mpi_byte(), group.comm),
+            "MPI_Allgatherv")
+        group.received.append(all)
+        group.outputs = Array(repeating: all.pointer, count: members.count)
+    }
+}
+#endif
