@@ -2,6 +2,9 @@
 // (Open MPI and MPICH define MPI_COMM_WORLD, MPI_BYTE... as macros Swift cannot import).
 #ifndef FVD_CMPI_H
 #define FVD_CMPI_H
+#if !__has_include(<mpi.h>)
+#error "MPI not found (pkg-config mpi): install Open MPI (apt-get install libopenmpi-dev openmpi-bin) or MPICH (apt-get install libmpich-dev mpich)"
+#endif
 #include <mpi.h>
 
 static inline MPI_Comm fvd_mpi_comm_world(void) { return MPI_COMM_WORLD; }

@@ -116,8 +116,10 @@ struct ApplyTests {
              ["unknown --op 'median'"]),
             ([[4], [4]], ["all_reduce", "--world-size", "2"],
              ["unknown operation 'all_reduce'", "tensor_model_parallel_all_reduce"]),
+            ([[4], [4]], ["tensor_model_parallel_all_reduce", "--world-size", "2", "--transport", "nccl"],
+             ["unknown transport 'nccl'; use 'inprocess', 'shm' or 'mpi'"]),
             ([[4], [4]], ["tensor_model_parallel_all_reduce", "--world-size", "2", "--transport", "mpi"],
-             ["transport 'mpi' is not available"]),
+             [mpiUnavailableOrNotUnderMPIRun]),
         ] as [([[Int]], [String], [String])]
     )
     func failsCleanly(_ shapes: [[Int]], _ arguments: [String], _ words: [String]) throws {

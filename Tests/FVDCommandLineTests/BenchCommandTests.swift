@@ -73,7 +73,8 @@ struct BenchCommandTests {
             (["-b", "1M", "-e", "4K"], "need 1 <= -b <= -e"),
             (["-b", "12Q"], "invalid size '12Q'"),
             (["--plot", "out.png"], "must end in .svg or .html"),
-            (["--transport", "mpi"], "transport 'mpi' is not available"),
+            (["--transport", "nccl"], "unknown transport 'nccl'; use 'inprocess', 'shm' or 'mpi'"),
+            (["--transport", "mpi"], mpiUnavailableOrNotUnderMPIRun),
             (["--world-size", "0"], "world size must be at least 1"),
             (["--json", "/nonexistent-folder/r.json"], "its folder does not exist"),
         ] as [([String], String)]

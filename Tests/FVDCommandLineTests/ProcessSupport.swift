@@ -28,8 +28,15 @@ func fvdExecutable() throws -> URL {
 /// test failure if it runs longer than `timeout` seconds (a hang is a failure, never a wait).
 /// `environment` is added to this process's.
 func runFVD(_ arguments: [String], timeout: Double = 60, environment: [String: String] = [:]) throws -> ProcessResult {
+    try runProgram(try fvdExecutable(), arguments, timeout: timeout, environment: environment)
+}
+
+/// Runs `executable arguments…` as ``runFVD(_:timeout:environment:)`` runs fvd.
+func runProgram(
+    _ executable: URL, _ arguments: [String], timeout: Double = 60, environment: [String: String] = [:]
+) throws -> ProcessResult {
     let process = Process()
-    process.executableURL = try fvdExecutable()
+    process.executableURL = executable
     process.arguments = arguments
     if !environment.isEmpty {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
@@ -53,7 +60,7 @@ func runFVD(_ arguments: [String], timeout: Double = 60, environment: [String: S
     while process.isRunning, Date() < deadline { usleep(2_000) }
     if process.isRunning {
         process.terminate()
-        Issue.record("fvd \(arguments.joined(separator: " ")) ran longer than \(timeout) s and was killed")
+        Issue.record("\(executable.lastPathComponent) \(arguments.joined(separator: " ")) ran longer than \(timeout) s and was killed")
     }
     process.waitUntilExit()
     readers.wait()
@@ -82,3 +89,11 @@ func temporaryFolder(_ label: String) throws -> URL {
 func listing(_ folder: URL) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).sorted()
 }
+
+/// What `--transport mpi` says outside `mpirun`: in a build without the MPI trait, that
+/// it is not built; with it, how to start the ranks.
+#if MPI
+let mpiUnavailableOrNotUnderMPIRun = "--transport mpi: start the ranks with mpirun"
+#else
+let mpiUnavailableOrNotUnderMPIRun = "transport 'mpi' is not in this build: build with `swift build --traits MPI`"
+#endif

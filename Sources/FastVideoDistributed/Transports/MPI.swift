@@ -120,6 +120,11 @@ final class MPIGroupState: @unchecked Sendable {
     var outputs: [UnsafeMutableRawPointer?] = []
     /// Received copies of the peers' data, kept until ``MPIChannel/release()``.
     var received: [TensorStorage] = []
+    /// This rank's header as sent to the peers by `post(.arrived)`, and the sends, for
+    /// the call `sentCall`.
+    var sendBuffer: UnsafeMutableRawPointer?
+    var sends: [MPI_Request?] = []
+    var sentCall = -1
 
     init(comm: MPI_Comm, label: String, members: [Int], index: Int) {
         self.comm = comm
@@ -159,7 +164,11 @@ final class MPIChannel: PeerMemoryChannel {
     }
 
     func post(_ phase: Phase, call: Int) {
-        if phase == .done { group.calls = call + 1 }
+        switch phase {
+        case .arrived: sendHeader(call: call)
+        case .reduced: break
+        case .done: group.calls = call + 1
+        }
     }
 
     func wait(_ phase: Phase, call: Int, op: String) throws {
@@ -201,47 +210,69 @@ final class MPIChannel: PeerMemoryChannel {
 
     func abort(_ error: FVDError) { world.abort(error) }
 
-    /// Swaps headers with every member point to point, waiting at most the world's
-    /// timeout; a member whose header has not come by then is named in the timeout.
-    private func exchangeHeaders(call: Int, op: String) throws {
-        let n = members.count, size = Self.headerBytes
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: (n + 1) * size, alignment: 16)
-        defer { buffer.deallocate() }
+    /// Starts sending this rank's header to every member (`MPI_Isend`).
+    ///
+    /// A failure to start a send is kept as the world's error; the wait then throws it.
+    private func sendHeader(call: Int) {
+        let size = Self.headerBytes
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
         let encoded = group.headers[index].encoded(limit: size - 4)
         buffer.storeBytes(of: UInt32(encoded.count), as: UInt32.self)
         encoded.withUnsafeBytes { (buffer + 4).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        let tag = Int32(call % 30_000)
+        group.sendBuffer = buffer
+        group.sentCall = call
+        group.sends = [MPI_Request?](repeating: fvd_mpi_request_null(), count: members.count)
+        for j in 0..<members.count where j != index {
+            do {
+                try mpiCheck(MPI_Isend(buffer, Int32(size), fvd_mpi_byte(), Int32(j), Self.tag(call), group.comm, &group.sends[j]), "MPI_Isend")
+            } catch let error as FVDError {
+                world.abort(error)
+            } catch {}
+        }
+    }
+
+    private static func tag(_ call: Int) -> Int32 { Int32(call % 30_000) }
+
+    /// Receives every member's header point to point, waiting at most the world's
+    /// timeout; a member whose header has not come by then is named in the timeout (this
+    /// rank too, if its own `post(.arrived)` never happened).
+    private func exchangeHeaders(call: Int, op: String) throws {
+        let n = members.count, size = Self.headerBytes
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: n * size, alignment: 16)
+        defer { buffer.deallocate() }
+        let sent = group.sentCall == call
         let peers = (0..<n).filter { $0 != index }
         var receives = [MPI_Request?](repeating: fvd_mpi_request_null(), count: n)
-        var sends = [MPI_Request?](repeating: fvd_mpi_request_null(), count: n)
         for j in peers {
-            try mpiCheck(MPI_Irecv(buffer + (j + 1) * size, Int32(size), fvd_mpi_byte(), Int32(j), tag, group.comm, &receives[j]), "MPI_Irecv")
-        }
-        for j in peers {
-            try mpiCheck(MPI_Isend(buffer, Int32(size), fvd_mpi_byte(), Int32(j), tag, group.comm, &sends[j]), "MPI_Isend")
+            try mpiCheck(MPI_Irecv(buffer + j * size, Int32(size), fvd_mpi_byte(), Int32(j), Self.tag(call), group.comm, &receives[j]), "MPI_Irecv")
         }
         let start = DispatchTime.now().uptimeNanoseconds
         var pending = peers
-        while !pending.isEmpty {
+        while !pending.isEmpty || !sent {
+            try checkHealthy()
             pending = try pending.filter { j in
                 var done: Int32 = 0
                 try mpiCheck(MPI_Test(&receives[j], &done, fvd_mpi_status_ignore()), "MPI_Test")
                 return done == 0
             }
-            if pending.isEmpty { break }
+            if pending.isEmpty && sent { break }
             let waited = DispatchTime.now().uptimeNanoseconds &- start
             if waited >= world.timeoutNanoseconds {
                 for j in pending { MPI_Cancel(&receives[j]) }
-                let missing = pending.map { members[$0] }
+                let missing = (pending + (sent ? [] : [index])).sorted().map { members[$0] }
                 throw FVDError.timeout(
                     op: op, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
                     seconds: Double(world.timeoutNanoseconds) / 1e9)
             }
             if waited > 200_000 { usleep(waited > 10_000_000 ? 1000 : 20) }
         }
-        try mpiCheck(MPI_Waitall(Int32(n), &sends, fvd_mpi_statuses_ignore()), "MPI_Waitall")
+        try mpiCheck(MPI_Waitall(Int32(n), &group.sends, fvd_mpi_statuses_ignore()), "MPI_Waitall")
+        // Only now may the send buffer go: after a timeout, MPI may still read it (and the
+        // job ends with MPI_Abort soon after).
+        group.sendBuffer?.deallocate()
+        group.sendBuffer = nil
         for j in peers {
-            let record = buffer + (j + 1) * size
+            let record = buffer + j * size
             let count = min(Int(record.load(as: UInt32.self)), size - 4)
             group.headers[j] = CallHeader(decoding: UnsafeRawBufferPointer(start: record + 4, count: count))
         }

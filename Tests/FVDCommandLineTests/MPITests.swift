@@ -1,0 +1,99 @@
+#if MPI
+import FastVideoDistributed
+import Foundation
+import Testing
+
+@testable import FVDCommandLine
+
+/// `mpirun -n W fvd ARGS…`, as root if need be, ranks may outnumber the cores.
+private func mpirun(_ n: Int, _ arguments: [String], timeout: Double = 120) throws -> ProcessResult {
+    try runProgram(
+        URL(fileURLWithPath: "/usr/bin/env"),
+        ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "\(n)", try fvdExecutable().path] + arguments,
+        timeout: timeout, environment: ["OMPI_MCA_btl_vader_single_copy_mechanism": "none"])
+}
+
+/// The lines of `text` that report an error (`error: …`).
+private func errorLines(_ text: String) -> [Substring] { text.split(separator: "\n").filter { $0.hasPrefix("error: ") } }
+
+@Suite("MPI transport, ranks started by mpirun", .serialized)
+struct MPITests {
+    @Test("every collective equals the in-process transport bitwise", arguments: [2, 3, 4])
+    func selftest(worldSize n: Int) throws {
+        let result = try mpirun(n, ["selftest"])
+        #expect(result.status == 0, "\(result.stderr)")
+        for rank in 0..<n {
+            #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): "), "\(result.stdout)")
+        }
+    }
+
+    @Test("fvd demo --transport mpi: the block on 4 MPI ranks matches one rank, to the same bits as the other transports")
+    func demo() throws {
+        let result = try mpirun(4, ["demo", "--transport", "mpi"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("world 4 processes (MPI): tp 2, sp 2"))
+        #expect(result.stdout.contains("max abs error vs single-rank reference: 2.861e-06"))
+        #expect(result.stdout.hasSuffix("PASS\n"))
+    }
+
+    @Test("fvd apply --transport mpi writes FastVideo's bytes", arguments: ["a2a_21_sp4_float32", "tp_all_reduce_sum_tp3_float16", "a2a_21_sp3_bfloat16_safetensors"])
+    func apply(_ name: String) throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/apply/\(name)")
+        let args = try String(contentsOf: folder.appendingPathComponent("args"), encoding: .utf8)
+            .split(whereSeparator: \.isWhitespace).map(String.init)
+        let n = Int(args[args.firstIndex(of: "--world-size")! + 1])!
+        let output = try temporaryFolder("apply-mpi")
+        defer { try? FileManager.default.removeItem(at: output) }
+        let result = try mpirun(n, ["apply"] + args + ["--transport", "mpi", "--inputs", folder.appendingPathComponent("in").path, "--outputs", output.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(listing(output) == listing(folder.appendingPathComponent("expected")))
+        for file in listing(folder.appendingPathComponent("expected")) {
+            #expect(try Data(contentsOf: output.appendingPathComponent(file)) == Data(contentsOf: folder.appendingPathComponent("expected/\(file)")))
+        }
+    }
+
+    @Test("fvd bench --transport mpi reports transport mpi")
+    func bench() throws {
+        let folder = try temporaryFolder("bench-mpi")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let json = folder.appendingPathComponent("r.json")
+        let result = try mpirun(2, ["bench", "--transport", "mpi", "--world-size", "2", "-b", "64K", "-e", "64K", "--warmup", "0", "--iters", "2", "--json", json.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: json))
+        #expect(report.transport == "mpi" && report.worldSize == 2 && report.rows.count == 4)
+    }
+
+    @Test(
+        "failures: every rank that sees the cause names it, and the job ends (MPI_Abort) well within the default timeout",
+        arguments: [
+            (["--mismatch", "shape"], 3,
+             "all_reduce in group world [0, 1, 2]: ranks passed different shapes: rank 0 [1, 6, 6, 4], rank 1 [1, 6, 6, 4, 1], rank 2 [1, 6, 6, 4]"),
+            (["--mismatch", "dim"], 3,
+             "all_gather in group world [0, 1, 2]: ranks passed different arguments: rank 0 (dim=0), rank 1 (dim=1), rank 2 (dim=0)"),
+            (["--fault", "corrupt:rank=1:call=4"], 3, "rank 0 all_gather_in_place, rank 1 <corrupt header>, rank 2 all_gather_in_place"),
+            (["--fault", "fail:rank=1:call=10"], 1, "injected failure on rank 1 at all_gather in group world [0, 1, 2] (call #10)"),
+            (["--fault", "delay=5:rank=1:call=4", "--timeout", "1"], 2,
+             "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 1 s waiting for rank 1; ranks 0, 2 arrived"),
+            (["--fault", "drop:rank=1:call=4", "--timeout", "1"], 2,
+             "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 1 s waiting for rank 1; ranks 0, 2 arrived"),
+        ] as [([String], Int, String)])
+    func failures(_ arguments: [String], _ reporters: Int, _ message: String) throws {
+        let result = try mpirun(3, ["selftest"] + arguments, timeout: 60)
+        #expect(result.status != 0)
+        #expect(result.seconds < 30, "took \(result.seconds) s")
+        // MPI_Abort may stop a rank before it prints; at least `reporters` ranks named the cause.
+        let lines = errorLines(result.stderr)
+        #expect(lines.filter { $0.contains(message) }.count >= reporters, "\(result.stderr)")
+        #expect(lines.allSatisfy { $0.contains(message) }, "\(result.stderr)")
+    }
+
+    @Test("a world of one under mpirun, and --transport mpi with another world size, are handled")
+    func edges() throws {
+        let one = try mpirun(1, ["selftest"])
+        #expect(one.status == 0 && one.stdout.contains("selftest rank 0 of 1 (MPI)"), "\(one.stderr)")
+        let wrongSize = try mpirun(2, ["demo", "--transport", "mpi", "--world-size", "4"])
+        #expect(wrongSize.status != 0)
+        #expect(errorLines(wrongSize.stderr).contains { $0.contains("--world-size is 4 but mpirun started 2 ranks") }, "\(wrongSize.stderr)")
+    }
+}
+#endif
