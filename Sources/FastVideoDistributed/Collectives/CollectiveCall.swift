@@ -12,17 +12,19 @@ func execute(_ plan: StridedCopy, from source: UnsafeRawPointer, to destination:
 }
 
 /// Copies, for every member in turn (starting with this rank, then its successors,
-/// so ranks read different peers at the same time), `plan(member)` from that
-/// member's input into `destination`.
+/// so ranks read different peers at the same time), `plan(member, this rank)` from that
+/// member's input into `destination`; on a message-passing transport the channel moves
+/// the same bytes itself (see ``PeerMemoryChannel/pullByMessages(into:plan:)``).
 func pullFromEveryMember(
     _ channel: any PeerMemoryChannel, into destination: UnsafeMutableRawPointer, totalBytes: Int,
-    plan: (Int) -> StridedCopy
-) {
+    plan: (_ source: Int, _ destination: Int) -> StridedCopy
+) throws {
+    if try channel.pullByMessages(into: destination, plan: plan) { return }
     let n = channel.members.count
     let streaming = totalBytes >= streamingThresholdBytes
     for k in 0..<n {
         let j = (channel.index + k) % n
-        execute(plan(j), from: channel.buffers(of: j).input, to: destination, streaming: streaming)
+        execute(plan(j, channel.index), from: channel.buffers(of: j).input, to: destination, streaming: streaming)
     }
 }
 

@@ -88,7 +88,7 @@ extension GroupCoordinator {
         }
         return try collective(op, kind: "all_gather", input, arguments: [dimKey(dim, input.rank)], text: "dim=\(dim)") { _ in
             let d = try Layout.normalize(dim: dim, ndim: input.rank, op: op)
-            return concatenateMembers(input, dim: d)
+            return try concatenateMembers(input, dim: d)
         }
     }
 
@@ -115,23 +115,23 @@ extension GroupCoordinator {
             let (outer, total, inner) = Layout.split(target.shape, at: d)
             guard total % size == 0 else { throw FVDError.indivisible(op: name, dim: d, size: total, parts: size) }
             let part = total / size
-            pullFromEveryMember(channel, into: target.storage.pointer, totalBytes: target.byteCount) { j in
+            try pullFromEveryMember(channel, into: target.storage.pointer, totalBytes: target.byteCount) { j, destination in
                 Layout.slab(
                     outer: outer, innerBytes: inner * target.dtype.byteSize, srcSize: total, srcStart: j * part,
-                    dstSize: total, dstStart: j * part, length: j == rankInGroup ? 0 : part)
+                    dstSize: total, dstStart: j * part, length: j == destination ? 0 : part)
             }
         }
     }
 
     /// The concatenation of every member's input along `d`, pulled by this rank.
-    private func concatenateMembers(_ input: Tensor, dim d: Int, keep lengthLimit: Int? = nil) -> Tensor {
+    private func concatenateMembers(_ input: Tensor, dim d: Int, keep lengthLimit: Int? = nil) throws -> Tensor {
         let es = input.dtype.byteSize
         let (outer, partSize, inner) = Layout.split(input.shape, at: d)
         let total = lengthLimit ?? partSize * size
         var shape = input.shape
         shape[d] = total
         let output = Tensor(uninitializedShape: shape, dtype: input.dtype)
-        pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j in
+        try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, _ in
             let start = j * partSize
             return Layout.slab(
                 outer: outer, innerBytes: inner * es, srcSize: partSize, srcStart: 0,
@@ -194,7 +194,7 @@ extension GroupCoordinator {
         return try collective(name, input, arguments: [dimKey(dim, input.rank), root], text: "dim=\(dim), root=\(root)") { _ in
             try checkRoot(root, op: name)
             let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
-            return rankInGroup == root ? concatenateMembers(input, dim: d) : nil
+            return rankInGroup == root ? try concatenateMembers(input, dim: d) : nil
         }
     }
 
@@ -238,8 +238,8 @@ extension GroupCoordinator {
         ) { _ in
             let plan = try allToAllPlan(input, scatterDim: scatterDim, gatherDim: gatherDim, op: name)
             let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)
-            pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j in
-                plan.copy(from: j, to: rankInGroup)
+            try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
+                plan.copy(from: j, to: destination)
             }
             return output
         }
@@ -285,7 +285,7 @@ extension GroupCoordinator {
             name, input, arguments: [dimKey(dim, input.rank), originalLength],
             text: "dim=\(dim), original_length=\(originalLength)"
         ) { _ in
-            concatenateMembers(input, dim: try check(), keep: originalLength)
+            try concatenateMembers(input, dim: try check(), keep: originalLength)
         }
     }
 

@@ -231,4 +231,7 @@ final class FaultInjectingChannel: PeerMemoryChannel {
     func release() { inner.release() }
     func checkHealthy() throws { try inner.checkHealthy() }
     func abort(_ error: FVDError) { inner.abort(error) }
+    func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy) throws -> Bool {
+        try inner.pullByMessages(into: destination, plan: plan)
+    }
 }

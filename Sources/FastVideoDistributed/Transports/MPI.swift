@@ -140,8 +140,10 @@ final class MPIGroupState: @unchecked Sendable {
 /// a peer's input in place, this channel first receives it: at `.arrived` the ranks
 /// swap call headers point to point (so a missing rank is named at the timeout, and
 /// a mismatch is found before any data moves), then, if they agree, exchange what the
-/// collective reads (`MPI_Allgather` of the inputs, `MPI_Bcast` of the root's); the
-/// all-reduce's reduced chunks travel by `MPI_Allgatherv` at `.reduced`. Reductions run
+/// collective reads: the all-gathers' and all-to-all's plans become MPI datatypes of one
+/// `MPI_Alltoallw` (``pullByMessages(into:plan:)``), the all-reduce's chunks an
+/// `MPI_Alltoallv` and, reduced, an `MPI_Allgatherv` at `.reduced`; the root's input an
+/// `MPI_Bcast`; the rest (gather, reduce-scatter) an `MPI_Allgather` of the inputs. Reductions run
 /// locally in rank order, so results are bitwise those of the other transports.
 final class MPIChannel: PeerMemoryChannel {
     let world: MPIWorldState
@@ -287,6 +289,8 @@ final class MPIChannel: PeerMemoryChannel {
         switch header.kind {
         case "barrier":
             break
+        case _ where Self.pulledKinds.contains(header.kind):
+            break  // the collective's pullByMessages moves exactly what it reads
         case "broadcast":
             // Only the root's input is read; an invalid root throws in the collective's body.
             guard let root = header.arguments.first, (0..<n).contains(root) else { return }
@@ -298,12 +302,85 @@ final class MPIChannel: PeerMemoryChannel {
                 group.received = [copy]
                 group.inputs[root] = UnsafeRawPointer(copy.pointer)
             }
+        case "all_reduce":
+            // Reduce-scatter by all-to-all: member j's chunk of this rank's range, and nothing
+            // else, comes here; `inputs[j]` is based so that the chunk sits at its own offset.
+            let es = header.dtype.byteSize
+            let ranges = Layout.balancedRanges(count: header.shape.reduce(1, *), parts: n)
+            let mine = ranges[index]
+            let sendCounts = try ranges.map { try mpiCount($0.count * es, header.op) }
+            let sendOffsets = try ranges.map { try mpiCount($0.lowerBound * es, header.op) }
+            let chunk = try mpiCount(mine.count * es, header.op)
+            let receiveOffsets = try (0..<n).map { try mpiCount($0 * mine.count * es, header.op) }
+            let all = TensorStorage(uninitializedByteCount: max(1, n * mine.count * es))
+            try mpiCheck(
+                MPI_Alltoallv(
+                    group.mine.input, sendCounts, sendOffsets, fvd_mpi_byte(), all.pointer,
+                    [Int32](repeating: chunk, count: n), receiveOffsets, fvd_mpi_byte(), group.comm),
+                "MPI_Alltoallv")
+            group.received = [all]
+            group.inputs = (0..<n).map { UnsafeRawPointer(all.pointer + $0 * mine.count * es - mine.lowerBound * es) }
         default:
             let all = TensorStorage(uninitializedByteCount: bytes * n)
             try mpiCheck(MPI_Allgather(group.mine.input, count, fvd_mpi_byte(), all.pointer, count, fvd_mpi_byte(), group.comm), "MPI_Allgather")
             group.received = [all]
             group.inputs = (0..<n).map { UnsafeRawPointer(all.pointer + $0 * bytes) }
         }
+    }
+
+    /// The collectives whose every member pulls with ``pullFromEveryMember(_:into:totalBytes:plan:)``
+    /// (not `gather`: only its root pulls).
+    static let pulledKinds: Set<String> = ["all_gather", "all_gather_in_place", "all_gather_with_unpad", "all_to_all_4D"]
+
+    /// One `MPI_Alltoallw` whose per-member datatypes are the copy plans themselves
+    /// (strided vectors of bytes): each byte goes from the sender's input straight into
+    /// the receiver's output, with no packing by this library.
+    func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy) throws -> Bool {
+        guard Self.pulledKinds.contains(group.headers[index].kind) else { return false }
+        let n = members.count
+        var sendTypes: [MPI_Datatype?] = [], receiveTypes: [MPI_Datatype?] = []
+        defer {
+            for var type in sendTypes + receiveTypes where type != fvd_mpi_byte() { MPI_Type_free(&type) }
+        }
+        var sendCounts = [Int32](repeating: 0, count: n), receiveCounts = sendCounts
+        var sendOffsets = sendCounts, receiveOffsets = sendCounts
+        for k in 0..<n {
+            let out = plan(index, k), into = plan(k, index)
+            let (sendType, sendOffset) = try Self.datatype(out, source: true)
+            let (receiveType, receiveOffset) = try Self.datatype(into, source: false)
+            sendTypes.append(sendType)
+            receiveTypes.append(receiveType)
+            sendCounts[k] = out.totalBytes == 0 ? 0 : 1
+            receiveCounts[k] = into.totalBytes == 0 ? 0 : 1
+            sendOffsets[k] = sendOffset
+            receiveOffsets[k] = receiveOffset
+        }
+        try mpiCheck(
+            MPI_Alltoallw(
+                group.mine.input, sendCounts, sendOffsets, &sendTypes, destination, receiveCounts, receiveOffsets,
+                &receiveTypes, group.comm),
+            "MPI_Alltoallw")
+        return true
+    }
+
+    /// `plan`'s runs on its source (or destination) side as an MPI datatype of bytes and
+    /// its byte offset: a vector of `outerCount` vectors of `innerCount` runs.
+    private static func datatype(_ plan: StridedCopy, source: Bool) throws -> (MPI_Datatype?, Int32) {
+        guard plan.totalBytes > 0 else { return (fvd_mpi_byte(), 0) }
+        let offset = try mpiCount(source ? plan.srcOffset : plan.dstOffset, "MPI datatype")
+        var inner: MPI_Datatype?, outer: MPI_Datatype?
+        try mpiCheck(
+            MPI_Type_create_hvector(
+                Int32(plan.innerCount), try mpiCount(plan.runBytes, "MPI datatype"),
+                MPI_Aint(source ? plan.srcInnerStride : plan.dstInnerStride), fvd_mpi_byte(), &inner),
+            "MPI_Type_create_hvector")
+        defer { MPI_Type_free(&inner) }
+        try mpiCheck(
+            MPI_Type_create_hvector(
+                Int32(plan.outerCount), 1, MPI_Aint(source ? plan.srcOuterStride : plan.dstOuterStride), inner, &outer),
+            "MPI_Type_create_hvector")
+        try mpiCheck(MPI_Type_commit(&outer), "MPI_Type_commit")
+        return (outer, offset)
     }
 
     /// The all-reduce's second step: every member's reduced chunk, where its output would be.

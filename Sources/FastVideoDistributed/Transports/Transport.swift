@@ -81,4 +81,16 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     func checkHealthy() throws
     /// Marks the world as failed with `error` and wakes every waiter.
     func abort(_ error: FVDError)
+    /// For a transport whose ranks cannot read each other's memory (MPI): moves, by
+    /// messages, what every member's `plan(source, destination)` copies from `source`'s
+    /// input into `destination`'s output, with this rank's output at `destination`.
+    /// Every member calls it at the same point of the call.
+    /// - Returns: `false` (the default) when the caller copies from ``buffers(of:)`` itself.
+    func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool
+}
+
+extension PeerMemoryChannel {
+    func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool {
+        false
+    }
 }
