@@ -32,7 +32,10 @@ struct FailureCell: Sendable, CustomTestStringConvertible {
     static func allRanks(_ message: String, _ n: Int = 3) -> [String?] { Array(repeating: message, count: n) }
 }
 
-private let timedOut = "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 1 s waiting for rank 1; ranks 0, 2 arrived"
+/// Timeouts are 2 s, not less: ranks start up to a second apart on a loaded 2-core host
+/// (each computes the selftest's reference first), and a shorter timeout would expire at
+/// the first call instead of the faulty one.
+private let timedOut = "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 2 s waiting for rank 1; ranks 0, 2 arrived"
 
 /// The matrix: every failure SPEC §6 names, rank 1 of 3 misbehaving, plus worlds of one.
 /// A misbehaving rank makes every rank throw; a bad argument every rank passes too.
@@ -85,11 +88,11 @@ let failureCells: [FailureCell] = [
         name: "a rank arrives late but within the timeout", arguments: ["--fault", "delay=1:rank=1:call=4", "--timeout", "10"],
         errors: [nil, nil, nil]),
     FailureCell(
-        name: "a rank never arrives (FVD_TIMEOUT)", arguments: ["--fault", "delay=3:rank=1:call=4"],
-        environment: ["FVD_TIMEOUT": "1"], errors: FailureCell.allRanks(timedOut), bound: 3 + 20),
+        name: "a rank never arrives (FVD_TIMEOUT)", arguments: ["--fault", "delay=5:rank=1:call=4"],
+        environment: ["FVD_TIMEOUT": "2"], errors: FailureCell.allRanks(timedOut), bound: 5 + 20),
     FailureCell(
-        name: "a rank's arrival is dropped", arguments: ["--fault", "drop:rank=1:call=4", "--timeout", "1"],
-        errors: FailureCell.allRanks(timedOut), bound: 1 + 20),
+        name: "a rank's arrival is dropped", arguments: ["--fault", "drop:rank=1:call=4", "--timeout", "2"],
+        errors: FailureCell.allRanks(timedOut), bound: 2 + 20),
     FailureCell(
         name: "a rank's call header is corrupt", arguments: ["--fault", "corrupt:rank=1:call=4"],
         errors: FailureCell.allRanks(
@@ -166,7 +169,7 @@ struct FailureMatrixTests {
     func flightRecorderFiles(_ transport: MatrixTransport) throws {
         let folder = try temporaryFolder("flight")
         defer { try? FileManager.default.removeItem(at: folder) }
-        let selftest = ["selftest", "--fault", "delay=2:rank=1:call=70", "--timeout", "0.5"]
+        let selftest = ["selftest", "--fault", "delay=5:rank=1:call=70", "--timeout", "2"]
         let arguments =
             transport == .inProcess
             ? selftest + ["--in-process", "3"] : ["launch", "-n", "3", "--", try fvdExecutable().path] + selftest

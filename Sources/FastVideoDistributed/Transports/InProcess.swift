@@ -9,6 +9,32 @@ protocol ChannelFactory: Sendable {
     func flightRecorder(rank: Int) -> FlightRecorder
 }
 
+extension ChannelFactory {
+    /// The endpoint of group `name` on a multi-process transport: a private in-process one
+    /// for a group of one (it never communicates), else a channel over the group's state,
+    /// which `make` creates once per group (by its key, `name [members]`) in `cache`.
+    func groupChannel<Group>(
+        name: String, members: [Int], cache: Locked<[String: Group]>, make: (_ key: String) throws -> Group,
+        channel: (Group) -> any PeerMemoryChannel
+    ) throws -> any PeerMemoryChannel {
+        if members.count == 1 {
+            return InProcessWorldState(size: 1, timeout: 0).makeChannel(name: name, members: [0], rank: 0)
+        }
+        let key = "\(name) \(members)"
+        return channel(try cache.withLock { groups in
+            if let g = groups[key] { return g }
+            let g = try make(key)
+            groups[key] = g
+            return g
+        })
+    }
+}
+
+/// A timeout in seconds as nanoseconds; beyond ~31 years (or infinity), no deadline.
+func timeoutNanoseconds(_ seconds: Double) -> UInt64 {
+    seconds >= 1e9 ? .max : UInt64(max(0, seconds) * 1e9)
+}
+
 /// The state the ranks of one in-process world share: groups, abort and exit flags.
 final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
     let size: Int
@@ -23,8 +49,7 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
         self.size = size
         let directory = FlightRecorder.directoryFromEnvironment
         recorders = (0..<size).map { FlightRecorder(rank: $0, directory: directory, printsOnBreak: false) }
-        // Beyond ~31 years (or infinity) means no deadline.
-        timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
+        timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         spin = size <= ProcessInfo.processInfo.activeProcessorCount
         exited = Locked(Array(repeating: false, count: size))
     }

@@ -50,7 +50,7 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         try mpiCheck(MPI_Comm_size(fvd_mpi_comm_world(), &size), "MPI_Comm_size")
         self.rank = Int(rank)
         self.size = Int(size)
-        timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
+        timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         recorder = FlightRecorder(rank: Int(rank), directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
     }
 
@@ -75,31 +75,30 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
 
     /// A communicator for the group, created by its members only (`MPI_Comm_create_group`).
     func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel {
-        let index = members.firstIndex(of: rank)!
-        if members.count == 1 {
-            // A size-1 group never communicates.
-            return InProcessWorldState(size: 1, timeout: 0).makeChannel(name: name, members: [0], rank: 0)
-        }
-        let key = "\(name) \(members)"
-        let group = try groups.withLock { groups in
-            if let g = groups[key] { return g }
-            var worldGroup: MPI_Group?
-            try mpiCheck(MPI_Comm_group(fvd_mpi_comm_world(), &worldGroup), "MPI_Comm_group")
-            defer { MPI_Group_free(&worldGroup) }
-            var group: MPI_Group?
-            let ranks = members.map(Int32.init)
-            try mpiCheck(MPI_Group_incl(worldGroup, Int32(ranks.count), ranks, &group), "MPI_Group_incl")
-            defer { MPI_Group_free(&group) }
-            var comm: MPI_Comm?
-            // Groups made at the same time by the same ranks are told apart by their key's hash.
-            let tag = Int32(key.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 } % 30_000)
-            try mpiCheck(MPI_Comm_create_group(fvd_mpi_comm_world(), group, tag, &comm), "MPI_Comm_create_group")
-            try mpiCheck(MPI_Comm_set_errhandler(comm, fvd_mpi_errors_return()), "MPI_Comm_set_errhandler")
-            let g = MPIGroupState(comm: comm!, label: key, members: members, index: index)
-            groups[key] = g
-            return g
-        }
-        return MPIChannel(world: self, group: group)
+        try groupChannel(
+            name: name, members: members, cache: groups,
+            make: { key in
+                MPIGroupState(
+                    comm: try Self.communicator(members: members, key: key), label: key, members: members,
+                    index: members.firstIndex(of: rank)!)
+            },
+            channel: { MPIChannel(world: self, group: $0) })
+    }
+
+    private static func communicator(members: [Int], key: String) throws -> MPI_Comm {
+        var worldGroup: MPI_Group?
+        try mpiCheck(MPI_Comm_group(fvd_mpi_comm_world(), &worldGroup), "MPI_Comm_group")
+        defer { MPI_Group_free(&worldGroup) }
+        var group: MPI_Group?
+        let ranks = members.map(Int32.init)
+        try mpiCheck(MPI_Group_incl(worldGroup, Int32(ranks.count), ranks, &group), "MPI_Group_incl")
+        defer { MPI_Group_free(&group) }
+        var comm: MPI_Comm?
+        // Groups made at the same time by the same ranks are told apart by their key's hash.
+        let tag = Int32(key.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 } % 30_000)
+        try mpiCheck(MPI_Comm_create_group(fvd_mpi_comm_world(), group, tag, &comm), "MPI_Comm_create_group")
+        try mpiCheck(MPI_Comm_set_errhandler(comm, fvd_mpi_errors_return()), "MPI_Comm_set_errhandler")
+        return comm!
     }
 }
 

@@ -239,25 +239,15 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     init(segment: SharedSegment, timeout: Double) {
         self.segment = segment
         recorder = FlightRecorder(rank: segment.rank, directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
-        timeoutNanoseconds = timeout >= 1e9 ? .max : UInt64(max(0, timeout) * 1e9)
+        timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         spin = segment.worldSize <= ProcessInfo.processInfo.activeProcessorCount
     }
 
     func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel {
-        let index = members.firstIndex(of: rank)!
-        if members.count == 1 {
-            // A size-1 group never communicates; keep it out of the segment.
-            return InProcessWorldState(size: 1, timeout: 0).makeChannel(name: name, members: [0], rank: 0)
-        }
-        let key = "\(name) \(members)"
-        let group = try groups.withLock { groups in
-            if let g = groups[key] { return g }
-            let region = try segment.channelRegion(key: key, members: members.count)
-            let g = SharedGroupState(label: key, members: members, region: region)
-            groups[key] = g
-            return g
-        }
-        return SharedMemoryChannel(world: self, group: group, index: index)
+        try groupChannel(
+            name: name, members: members, cache: groups,
+            make: { key in SharedGroupState(label: key, members: members, region: try segment.channelRegion(key: key, members: members.count)) },
+            channel: { SharedMemoryChannel(world: self, group: $0, index: members.firstIndex(of: rank)!) })
     }
 
     func flightRecorder(rank: Int) -> FlightRecorder { recorder }
