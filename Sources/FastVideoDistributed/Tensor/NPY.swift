@@ -59,7 +59,8 @@ extension Tensor {
             count = try Tensor.elementCount(of: header.shape)
         } catch {
             throw fail("invalid shape \(NPY.pythonTuple(header.shape)): "
-                + (header.shape.contains { $0 < 0 } ? "a dimension is negative" : "it is too large"))
+                + (header.shape.contains { $0 < 0 } ? "a dimension is negative"
+                    : "it is too large (its nonzero dimensions multiply to more elements than a tensor can hold)"))
         }
         let (expected, overflow) = count.multipliedReportingOverflow(by: dtype.byteSize)
         guard !overflow else { throw fail("invalid shape \(NPY.pythonTuple(header.shape)): it is too large") }

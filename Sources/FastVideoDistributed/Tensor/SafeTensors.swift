@@ -102,7 +102,8 @@ public struct SafeTensorsFile: Sendable {
                 throw fail("tensor '\(name)' has a negative dimension \(negative) in shape \(entry.shape)")
             }
             guard let count = try? Tensor.elementCount(of: entry.shape) else {
-                throw fail("tensor '\(name)' has shape \(entry.shape), which is too large")
+                throw fail("tensor '\(name)' has shape \(entry.shape), which is too large "
+                    + "(its nonzero dimensions multiply to more elements than a tensor can hold)")
             }
             guard entry.dataOffsets.count == 2 else {
                 throw fail("tensor '\(name)' has data_offsets with \(entry.dataOffsets.count) numbers; expected [begin, end]")

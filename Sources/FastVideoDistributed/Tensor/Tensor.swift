@@ -291,16 +291,20 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
     public var description: String { "Tensor(\(dtype), shape: \(shape))" }
 
     /// The product of `shape`, checked for negative sizes and overflow.
+    ///
+    /// The nonzero dimensions must multiply to at most the limit even when another is 0
+    /// and the tensor is empty: the layout code multiplies runs of dimensions (those
+    /// before and after a gather dimension), which would overflow for `[0, 2^62, 4]`.
     static func elementCount(of shape: [Int]) throws -> Int {
         var count = 1
-        for d in shape {
-            guard d >= 0 else { throw FVDError.invalidArgument("shape \(shape) has a negative dimension") }
+        for d in shape where d != 0 {
+            guard d > 0 else { throw FVDError.invalidArgument("shape \(shape) has a negative dimension") }
             let (product, overflow) = count.multipliedReportingOverflow(by: d)
             guard !overflow, product <= Int(Int32.max) * 1024 else {
                 throw FVDError.invalidArgument("shape \(shape) is too large")
             }
             count = product
         }
-        return count
+        return shape.contains(0) ? 0 : count
     }
 }
