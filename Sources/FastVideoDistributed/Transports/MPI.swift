@@ -333,10 +333,28 @@ final class MPIChannel: PeerMemoryChannel {
 
     /// One `MPI_Alltoallw` whose per-member datatypes are the copy plans themselves
     /// (strided vectors of bytes): each byte goes from the sender's input straight into
-    /// the receiver's output, with no packing by this library.
+    /// the receiver's output, with no packing by this library; `MPI_Allgather` when the
+    /// plans are one contiguous block each, in member order.
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy) throws -> Bool {
         guard Self.pulledKinds.contains(group.headers[index].kind) else { return false }
         let n = members.count
+        // Every member sends the same contiguous block and block j lands at j × its size:
+        // that is MPI's own all-gather (for a gather along the outermost dimension).
+        let block = plan(index, index)
+        if block.totalBytes == block.runBytes,
+            (0..<n).allSatisfy({ k in
+                let out = plan(index, k), into = plan(k, index)
+                return out.srcOffset == block.srcOffset && out.totalBytes == block.totalBytes
+                    && into.totalBytes == into.runBytes && into.totalBytes == block.totalBytes
+                    && into.dstOffset == k * block.totalBytes
+            })
+        {
+            let count = try mpiCount(block.totalBytes, group.headers[index].op)
+            try mpiCheck(
+                MPI_Allgather(group.mine.input + block.srcOffset, count, fvd_mpi_byte(), destination, count, fvd_mpi_byte(), group.comm),
+                "MPI_Allgather")
+            return true
+        }
         var sendTypes: [MPI_Datatype?] = [], receiveTypes: [MPI_Datatype?] = []
         defer {
             for var type in sendTypes + receiveTypes where type != fvd_mpi_byte() { MPI_Type_free(&type) }
