@@ -19,5 +19,16 @@ static inline int fvd_mpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
 static inline int fvd_mpi_success(void) { return MPI_SUCCESS; }
 static inline int fvd_mpi_undefined(void) { return MPI_UNDEFINED; }
 static inline void *fvd_mpi_in_place(void) { return MPI_IN_PLACE; }
+static inline MPI_Datatype fvd_mpi_float(void) { return MPI_FLOAT; }
+static inline MPI_Datatype fvd_mpi_double(void) { return MPI_DOUBLE; }
+static inline MPI_Datatype fvd_mpi_int8(void) { return MPI_INT8_T; }
+static inline MPI_Datatype fvd_mpi_int16(void) { return MPI_INT16_T; }
+static inline MPI_Datatype fvd_mpi_int32(void) { return MPI_INT32_T; }
+static inline MPI_Datatype fvd_mpi_int64(void) { return MPI_INT64_T; }
+static inline MPI_Datatype fvd_mpi_uint8(void) { return MPI_UINT8_T; }
+static inline MPI_Op fvd_mpi_sum(void) { return MPI_SUM; }
+static inline MPI_Op fvd_mpi_prod(void) { return MPI_PROD; }
+static inline MPI_Op fvd_mpi_max(void) { return MPI_MAX; }
+static inline MPI_Op fvd_mpi_min(void) { return MPI_MIN; }
 
 #endif

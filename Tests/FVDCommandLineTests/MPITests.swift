@@ -6,11 +6,11 @@ import Testing
 @testable import FVDCommandLine
 
 /// `mpirun -n W fvd ARGS…`, as root if need be, ranks may outnumber the cores.
-private func mpirun(_ n: Int, _ arguments: [String], timeout: Double = 120) throws -> ProcessResult {
+private func mpirun(_ n: Int, _ arguments: [String], timeout: Double = 120, environment: [String: String] = [:]) throws -> ProcessResult {
     try runProgram(
         URL(fileURLWithPath: "/usr/bin/env"),
         ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "\(n)", try fvdExecutable().path] + arguments,
-        timeout: timeout, environment: ["OMPI_MCA_btl_vader_single_copy_mechanism": "none"])
+        timeout: timeout, environment: environment.merging(["OMPI_MCA_btl_vader_single_copy_mechanism": "none"]) { $1 })
 }
 
 /// The lines of `text` that report an error (`error: …`).
@@ -25,6 +25,13 @@ struct MPITests {
         for rank in 0..<n {
             #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): "), "\(result.stdout)")
         }
+    }
+
+    @Test("FVD_MPI_NATIVE_ALLREDUCE=1: all-reduces run as MPI_Allreduce and give the same results here (the selftest's values sum exactly in any order)")
+    func nativeAllReduce() throws {
+        let result = try mpirun(3, ["selftest"], environment: ["FVD_MPI_NATIVE_ALLREDUCE": "1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.split(separator: "\n").filter { $0.contains("results equal the in-process transport") }.count == 3)
     }
 
     @Test("fvd demo --transport mpi: the block on 4 MPI ranks matches one rank, to the same bits as the other transports")

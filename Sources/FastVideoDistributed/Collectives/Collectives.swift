@@ -50,6 +50,11 @@ extension GroupCoordinator {
         let es = input.dtype.byteSize
         try collective(name, input, arguments: [op.code], text: "op=\(op)", output: output) { call in
             try validateReduction(op, dtype: input.dtype, opName: name)
+            if try channel.reduceByMessages(
+                op, dtype: input.dtype, input: input.storage.pointer, output: output.storage.pointer, count: input.count)
+            {
+                return
+            }
             let ranges = Layout.balancedRanges(count: input.count, parts: size)
             let mine = ranges[rankInGroup]
             if !mine.isEmpty {

@@ -234,4 +234,9 @@ final class FaultInjectingChannel: PeerMemoryChannel {
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy) throws -> Bool {
         try inner.pullByMessages(into: destination, plan: plan)
     }
+    func reduceByMessages(
+        _ op: ReduceOp, dtype: DType, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
+    ) throws -> Bool {
+        try inner.reduceByMessages(op, dtype: dtype, input: input, output: output, count: count)
+    }
 }

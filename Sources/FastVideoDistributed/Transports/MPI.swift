@@ -29,6 +29,9 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
     let rank: Int
     let size: Int
     let timeoutNanoseconds: UInt64
+    /// `FVD_MPI_NATIVE_ALLREDUCE=1`: all-reduces of the types and ops MPI has run as
+    /// `MPI_Allreduce`, in MPI's order rather than rank order.
+    let nativeAllReduce = ProcessInfo.processInfo.environment["FVD_MPI_NATIVE_ALLREDUCE"] == "1"
     private let failure = Locked<FVDError?>(nil)
     private let groups = Locked<[String: MPIGroupState]>([:])
     private let recorder: FlightRecorder
@@ -301,6 +304,8 @@ final class MPIChannel: PeerMemoryChannel {
                 group.received = [copy]
                 group.inputs[root] = UnsafeRawPointer(copy.pointer)
             }
+        case "all_reduce" where nativeReduction(header) != nil:
+            break  // MPI_Allreduce in reduceByMessages
         case "all_reduce":
             // Reduce-scatter by all-to-all: member j's chunk of this rank's range, and nothing
             // else, comes here; `inputs[j]` is based so that the chunk sits at its own offset.
@@ -398,6 +403,44 @@ final class MPIChannel: PeerMemoryChannel {
             "MPI_Type_create_hvector")
         try mpiCheck(MPI_Type_commit(&outer), "MPI_Type_commit")
         return (outer, offset)
+    }
+
+    /// MPI's op and datatype for the all-reduce `header` when the user chose MPI's own
+    /// all-reduce and MPI has both (not for 16-bit floats, bool or `average`).
+    private func nativeReduction(_ header: CallHeader) -> (MPI_Op?, MPI_Datatype?)? {
+        guard world.nativeAllReduce, header.kind == "all_reduce", let code = header.arguments.first,
+            ReduceOp.allCases.indices.contains(code)
+        else { return nil }
+        let op: MPI_Op?
+        switch ReduceOp.allCases[code] {
+        case .sum: op = fvd_mpi_sum()
+        case .product: op = fvd_mpi_prod()
+        case .max: op = fvd_mpi_max()
+        case .min: op = fvd_mpi_min()
+        case .average: return nil
+        }
+        let type: MPI_Datatype?
+        switch header.dtype {
+        case .float32: type = fvd_mpi_float()
+        case .float64: type = fvd_mpi_double()
+        case .int8: type = fvd_mpi_int8()
+        case .int16: type = fvd_mpi_int16()
+        case .int32: type = fvd_mpi_int32()
+        case .int64: type = fvd_mpi_int64()
+        case .uint8: type = fvd_mpi_uint8()
+        case .float16, .bfloat16, .bool: return nil
+        }
+        return (op, type)
+    }
+
+    func reduceByMessages(
+        _ op: ReduceOp, dtype: DType, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
+    ) throws -> Bool {
+        guard let (mpiOp, type) = nativeReduction(group.headers[index]) else { return false }
+        let n = try mpiCount(count, "all_reduce")
+        let source = UnsafeRawPointer(output) == input ? UnsafeRawPointer(fvd_mpi_in_place()) : input
+        try mpiCheck(MPI_Allreduce(source, output, n, type, mpiOp, group.comm), "MPI_Allreduce")
+        return true
     }
 
     /// The all-reduce's second step: every member's reduced chunk, where its output would be.

@@ -87,10 +87,23 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     /// Every member calls it at the same point of the call.
     /// - Returns: `false` (the default) when the caller copies from ``buffers(of:)`` itself.
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool
+    /// For a transport with its own all-reduce that the user chose over the deterministic
+    /// one (MPI's, with `FVD_MPI_NATIVE_ALLREDUCE=1`): reduces `count` elements of every
+    /// member's `input` into this rank's `output` (which may be `input`).
+    /// - Returns: `false` (the default) when the caller reduces in rank order itself.
+    func reduceByMessages(
+        _ op: ReduceOp, dtype: DType, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
+    ) throws -> Bool
 }
 
 extension PeerMemoryChannel {
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool {
+        false
+    }
+
+    func reduceByMessages(
+        _ op: ReduceOp, dtype: DType, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
+    ) throws -> Bool {
         false
     }
 }
