@@ -52,7 +52,7 @@ shims_include="$root/Sources/CFVDShims/include"
 
 needs_build=1
 if [[ -x "$binary" ]]; then
-  newer="$(find "${library_sources[@]}" "$source_file" "$shims_c" "$shims_include" Fuzz/run.sh -newer "$binary" | head -n 1)"
+  newer="$(find "${library_sources[@]}" "$source_file" Fuzz/FuzzSupport.swift "$shims_c" "$shims_include" Fuzz/run.sh -newer "$binary" | head -n 1)"
   [[ -z "$newer" ]] && needs_build=0
 fi
 if (( needs_build )); then
@@ -70,7 +70,7 @@ EOF
     "${FUZZ_OPT:--O}" -g -module-name FastVideoDistributed \
     -I "$build/include" -I "$shims_include" \
     -use-ld=lld \
-    "${library_sources[@]}" "$source_file" "$build/shims.o" \
+    "${library_sources[@]}" "$source_file" Fuzz/FuzzSupport.swift "$build/shims.o" \
     -o "$binary"
 fi
 
