@@ -105,14 +105,15 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
         for field in fields.dropFirst() {
             let pair = field.split(separator: "=", maxSplits: 1).map(String.init)
             guard pair.count == 2 else { throw bad("'\(field)' is not KEY=VALUE") }
+            func count() throws -> Int {
+                guard let n = Int(pair[1]), n >= 0 else { throw bad("'\(field)' needs a non-negative integer") }
+                return n
+            }
             switch pair[0] {
-            case "rank": rank = Int(pair[1]).flatMap { $0 >= 0 ? $0 : nil }
-            case "call": call = Int(pair[1]).flatMap { $0 >= 0 ? $0 : nil }
+            case "rank": rank = try count()
+            case "call": call = try count()
             case "group": group = pair[1]
             default: throw bad("unknown key '\(pair[0])'")
-            }
-            guard rank != nil || pair[0] != "rank", call != nil || pair[0] != "call" else {
-                throw bad("'\(field)' needs a non-negative integer")
             }
         }
         guard let rank, let call else { throw bad("rank and call are required") }
