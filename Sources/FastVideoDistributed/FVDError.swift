@@ -106,6 +106,6 @@ private func rankList(_ ranks: [Int]) -> String {
     "rank\(ranks.count == 1 ? "" : "s") \(ranks.map(String.init).joined(separator: ", "))"
 }
 
-private func formatSeconds(_ s: Double) -> String {
+func formatSeconds(_ s: Double) -> String {
     s == s.rounded() ? String(Int(s)) : "\((s * 1000).rounded() / 1000)"
 }

@@ -107,6 +107,7 @@ extension World {
                 let shared = SharedMemoryWorldState(segment: segment, timeout: seconds)
                 let group: GroupCoordinator
                 do {
+                    try segment.waitForEveryRank(seconds: try SharedSegment.joinTimeout(collectiveTimeout: seconds))
                     let factory: any ChannelFactory =
                         faults.isEmpty ? shared : FaultInjectingFactory(wrapping: shared, faults: faults, ranksAreProcesses: true)
                     group = try GroupCoordinator(name: "world", ranks: Array(0..<size), rank: rank, factory: factory)

@@ -124,6 +124,37 @@ final class SharedSegment: @unchecked Sendable {
 
     static func roundUp(_ n: Int, _ to: Int) -> Int { (n + to - 1) / to * to }
 
+    /// How long joining a world waits for every rank to start, like torchrun's rendezvous
+    /// `join_timeout`: `FVD_JOIN_TIMEOUT` (seconds) when set, else the larger of the
+    /// collective timeout and 300 s, since process start-up (and a user's model loading
+    /// before it) skews ranks far more than a collective does.
+    static func joinTimeout(collectiveTimeout: Double) throws -> Double {
+        guard let text = ProcessInfo.processInfo.environment["FVD_JOIN_TIMEOUT"] else { return max(collectiveTimeout, 300) }
+        guard let seconds = Double(text), seconds >= 0 else {
+            throw FVDError.invalidArgument("FVD_JOIN_TIMEOUT=\(text) is not a non-negative number of seconds")
+        }
+        return seconds
+    }
+
+    /// Waits until every rank of the world has attached, so that the collective timeout
+    /// starts counting with every rank present (like torch.distributed's rendezvous).
+    ///
+    /// - Throws: ``FVDError/peerFailed(rank:message:)`` when a rank failed meanwhile;
+    ///   ``FVDError/invalidArgument(_:)`` naming the ranks that never started after `seconds`.
+    func waitForEveryRank(seconds: Double) throws {
+        let (deadline, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(timeoutNanoseconds(seconds))
+        while fvd_atomic_load_u64(word(16)) < UInt64(worldSize) {
+            if let failure = failure() { throw FVDError.peerFailed(rank: failure.rank, message: failure.message) }
+            guard overflow || DispatchTime.now().uptimeNanoseconds < deadline else {
+                let missing = (0..<worldSize).filter { pid(of: $0) == 0 }
+                throw FVDError.invalidArgument(
+                    "shared-memory world \(name): waited \(formatSeconds(seconds)) s for rank(s) \(missing.map(String.init).joined(separator: ", ")) to start; "
+                        + "start every rank with the same WORLD_SIZE and FVD_SHM_NAME (fvd launch does)")
+            }
+            usleep(1000)
+        }
+    }
+
     func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> { (base + offset).assumingMemoryBound(to: UInt64.self) }
     /// `rank`'s control line: pid (u64) at 0, state (u32) at 8, message length (u32) at 16, message at 24.
     private func controlLine(_ rank: Int) -> UnsafeMutableRawPointer { base + controlOffset + rank * Self.controlBytes }
