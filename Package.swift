@@ -14,6 +14,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         // `swift package generate-documentation` (the DocC catalog in Sources/FastVideoDistributed).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
@@ -31,6 +33,8 @@ let package = Package(
             dependencies: [
                 "CFVDShims",
                 .target(name: "CMPI", condition: .when(traits: ["MPI"])),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         // The `fvd` commands live in a library so that tests can drive them without a process.
@@ -39,12 +43,19 @@ let package = Package(
             dependencies: [
                 "FastVideoDistributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(name: "fvd", dependencies: ["FVDCommandLine"]),
         .testTarget(
             name: "FastVideoDistributedTests",
-            dependencies: ["FastVideoDistributed"],
+            dependencies: [
+                "FastVideoDistributed",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             exclude: ["Fixtures"]
         ),
         .testTarget(

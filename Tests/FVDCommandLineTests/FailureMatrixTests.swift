@@ -97,6 +97,9 @@ let failureCells: [FailureCell] = [
         errors: FailureCell.allRanks(
             "group world [0, 1, 2]: ranks called different collectives at the same point: "
                 + "rank 0 all_gather_in_place, rank 1 <corrupt header>, rank 2 all_gather_in_place")),
+    FailureCell(
+        name: "an unmatched recv at shutdown", arguments: ["--unmatched-recv"],
+        errors: [nil, nil, "rank 0 exited while the others waited for it in recv in group world:0->2 [0, 2]"]),
     // A world of one: its collectives are local (they return the input), so they never
     // wait, never time out and never reach a fault; argument checks still throw.
     FailureCell(name: "one rank never waits, whatever the timeout", worldSize: 1, arguments: ["--timeout", "0"], errors: [nil]),

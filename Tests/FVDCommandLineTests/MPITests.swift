@@ -27,6 +27,15 @@ struct MPITests {
         }
     }
 
+    @Test("send/recv, tensor dicts and objects equal the in-process transport bitwise at W = 5…8", arguments: 5...8)
+    func pointToPoint(worldSize n: Int) throws {
+        let result = try mpirun(n, ["selftest", "--point-to-point-only"])
+        #expect(result.status == 0, "\(result.stderr)")
+        for rank in 0..<n {
+            #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): 15 results equal"), "\(result.stdout)")
+        }
+    }
+
     @Test("FVD_MPI_NATIVE_ALLREDUCE=1: all-reduces run as MPI_Allreduce and give the same results here (the selftest's values sum exactly in any order)")
     func nativeAllReduce() throws {
         let result = try mpirun(3, ["selftest"], environment: ["FVD_MPI_NATIVE_ALLREDUCE": "1"])

@@ -26,6 +26,15 @@ struct SharedMemoryTests {
         #expect(leftoverSegments().filter { $0.hasPrefix("fvd-\(result.pid)-") }.isEmpty, "the job's segment was left behind")
     }
 
+    @Test("send/recv, tensor dicts and objects equal the in-process transport bitwise at W = 5…8", arguments: 5...8)
+    func pointToPoint(worldSize n: Int) throws {
+        let result = try launch(n, ["selftest", "--point-to-point-only"])
+        #expect(result.status == 0, "\(result.stderr)")
+        for rank in 0..<n {
+            #expect(result.stdout.contains("[r\(rank)] selftest rank \(rank) of \(n) (shared memory): 15 results equal"), "\(result.stdout)")
+        }
+    }
+
     @Test("a rank that never joins: the others time out naming it; SIGINT to the launcher ends all and removes the 0600 segment")
     func missingRankAndInterrupt() throws {
         let fvd = try fvdExecutable().path

@@ -58,10 +58,14 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
 
+    @Flag(help: "Log the step's collectives (FVD_LOG_LEVEL=debug for this step): each rank's group layout and one line per collective with its shape, bytes, time and GB/s, on stderr.")
+    var verbose = false
+
     func run() throws {
-        let config = DemoConfiguration(
+        var config = DemoConfiguration(
             worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp, frames: frames, height: height,
             width: width, hidden: hidden, heads: heads, seed: seed, timeout: timeout, tolerance: tolerance)
+        config.verbose = verbose
         let report: DemoReport
         var placement = RankPlacement.inProcess
         do {

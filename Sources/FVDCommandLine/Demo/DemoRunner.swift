@@ -3,6 +3,7 @@
 // every collective.
 
 import FastVideoDistributed
+import Logging
 
 /// The settings of one demo run: the world layout and the size of the video-DiT block.
 ///
@@ -36,6 +37,10 @@ public struct DemoConfiguration: Sendable, Equatable {
     public var timeout: Double
     /// The largest max abs error vs the single-rank reference that still passes (default `1e-4`).
     public var tolerance: Double
+
+    /// Log the step's collectives at `debug` (``Diagnostics``): each rank's layout and one
+    /// line per collective, through the process's logging backend (stderr by default).
+    public var verbose = false
 
     /// Test hook: change one element of one rank's share of the weights, to prove the check can fail.
     var perturbation: DemoPerturbation?
@@ -138,6 +143,18 @@ public struct DemoReport: Sendable {
 ///   for a bad layout, ``FVDError/indivisible(op:dim:size:parts:)`` from the all-to-all when
 ///   the heads do not divide by `sp`, ``FVDError/invalidArgument(_:)`` for sizes the block
 ///   cannot use (e.g. `hidden` not divisible by `heads`, or the TP splits not even).
+/// Runs `body` with the library's log level at `debug` or finer when `verbose`, then
+/// restores it.
+private func loggingCollectives<R>(_ verbose: Bool, _ body: () throws -> R) rethrows -> R {
+    guard verbose else { return try body() }
+    let saved = Diagnostics.logger
+    var logger = saved
+    logger.logLevel = min(saved.logLevel, .debug)
+    Diagnostics.logger = logger
+    defer { Diagnostics.logger = saved }
+    return try body()
+}
+
 public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProcess) throws -> DemoReport {
     _ = try GroupLayout(
         worldSize: config.worldSize, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
@@ -168,7 +185,7 @@ public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProce
     case .inProcess:
         let world = try World.inProcess(size: config.worldSize, timeout: config.timeout)
         let start = clock.now
-        let results = try world.run(rankBody)
+        let results = try loggingCollectives(config.verbose) { try world.run(rankBody) }
         let wall = clock.now - start
         let referenceStart = clock.now
         let references = try (0..<config.samples).map(reference)
@@ -186,7 +203,7 @@ public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProce
             throw FVDError.invalidArgument("--world-size \(config.worldSize) differs from WORLD_SIZE=\(world.size)")
         }
         let start = clock.now
-        let result = try world.run(rankBody)
+        let result = try loggingCollectives(config.verbose) { try world.run(rankBody) }
         let wall = clock.now - start
         let referenceStart = clock.now
         let mine = try reference(world.rank / config.replicaSize)

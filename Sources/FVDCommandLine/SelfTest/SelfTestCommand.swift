@@ -32,6 +32,12 @@ struct SelfTestCommand: ParsableCommand {
     @Option(help: "Seconds a collective waits for missing ranks.")
     var timeout: Double?
 
+    @Flag(help: "Run only the point-to-point part (send/recv, tensor dicts, objects): quick at larger world sizes.")
+    var pointToPointOnly = false
+
+    @Flag(help: "At the end, the last rank receives once more from rank 0, which sends nothing (an unmatched recv).")
+    var unmatchedRecv = false
+
     @Flag(help: "After the world's run, print 'leaks: none' or the threads and file descriptors it left open.")
     var checkLeaks = false
 
@@ -57,12 +63,12 @@ struct SelfTestCommand: ParsableCommand {
             let size = Int(env["WORLD_SIZE"] ?? env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"] ?? "1") ?? 1
             let rank = Int(env["RANK"] ?? env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"] ?? "0") ?? 0
             let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
-                try runCollectives(group, worldSize: size, mismatch: nil)
+                try runCollectives(group, worldSize: size, mismatch: nil, pointToPointOnly: pointToPointOnly)
             }[min(max(rank, 0), size - 1)]
             let world = try World.fromEnvironment(timeout: timeout, faults: faults)
             let baseline = checkLeaks ? ResourceCount.now() : nil
             defer { if let baseline { print(baseline.leaks()) } }
-            let got = try world.run { group in try runCollectives(group, worldSize: world.size, mismatch: mismatch) }
+            let got = try world.run { group in try runCollectives(group, worldSize: world.size, mismatch: mismatch, pointToPointOnly: pointToPointOnly, unmatchedRecv: unmatchedRecv) }
             try compare(got, expected, rank: world.rank)
             print("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")
         } catch let exit as ExitCode {
@@ -77,11 +83,11 @@ struct SelfTestCommand: ParsableCommand {
     /// way `fvd launch` prefixes a process rank's lines.
     private func runInProcess(size: Int, faults: [Fault]?, mismatch: (kind: String, rank: Int)?) throws {
         let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
-            try runCollectives(group, worldSize: size, mismatch: nil)
+            try runCollectives(group, worldSize: size, mismatch: nil, pointToPointOnly: pointToPointOnly)
         }
         let world = try World.inProcess(size: size, timeout: timeout, faults: faults)
         let baseline = checkLeaks ? ResourceCount.now() : nil
-        let outcomes = world.runEach { group in try runCollectives(group, worldSize: size, mismatch: mismatch) }
+        let outcomes = world.runEach { group in try runCollectives(group, worldSize: size, mismatch: mismatch, pointToPointOnly: pointToPointOnly, unmatchedRecv: unmatchedRecv) }
         if let baseline { print(baseline.leaks()) }
         var failed = false
         for (rank, outcome) in outcomes.enumerated() {
@@ -155,11 +161,14 @@ private func input(rank: Int, shape: [Int], dtype: DType, salt: Int) throws -> T
 /// another shape or dtype, an all-gather where the others all-reduce, or (every rank
 /// all-gathering first) an all-gather along dim 1 (`dim`) or the invalid dim 9 (`baddim`)
 /// where the others use dim 0.
-private func runCollectives(_ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?) throws -> [Tensor] {
+private func runCollectives(
+    _ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?, pointToPointOnly: Bool = false,
+    unmatchedRecv: Bool = false
+) throws -> [Tensor] {
     var results: [Tensor] = []
     var salt = 0
     let me = world.rank
-    for dtype in [DType.float32, .bfloat16, .float16, .int32, .float64] {
+    for dtype in [DType.float32, .bfloat16, .float16, .int32, .float64] where !pointToPointOnly {
         for shape in [[7], [2, 3 * n, 5], [1, 2 * n, 2 * n, 4], [40_000 * n]] {
             salt += 1
             let odd = salt == 3 && mismatch?.rank == me ? mismatch?.kind : nil
@@ -194,5 +203,55 @@ private func runCollectives(_ world: GroupCoordinator, worldSize n: Int, mismatc
             try world.barrier()
         }
     }
+    if n >= 2 { results += try runPointToPoint(world, worldSize: n) }
+    if unmatchedRecv, n >= 2, world.rankInGroup == n - 1 { _ = try world.recv(from: 0) }
     return results
+}
+
+/// Sends and receives around the ring (even ranks send first, so no cycle waits), every
+/// dtype, an empty and a 2.4 MB tensor, a tensor dict and object broadcasts; after the
+/// collectives, so their call numbers stay put. Returns what this rank received.
+private func runPointToPoint(_ world: GroupCoordinator, worldSize n: Int) throws -> [Tensor] {
+    let me = world.rankInGroup
+    var results: [Tensor] = []
+    func ring(_ send: () throws -> Void, _ receive: () throws -> Void) throws {
+        if me % 2 == 0 {
+            try send()
+            try receive()
+        } else {
+            try receive()
+            try send()
+        }
+    }
+    for (k, dtype) in DType.allCases.enumerated() {
+        let shape = k == 2 ? [0, 4] : k == 5 ? [300_000] : [k + 1, n]
+        let x = try randomBytes(shape, dtype, seed: UInt64(1000 * me + k))
+        try ring({ try world.send(x) }, { results.append(try world.recv(shape: shape, dtype: dtype)) })
+    }
+    let dict = TensorDict(
+        ["a": try randomBytes([me + 1, 3], .bfloat16, seed: UInt64(me)), "empty": try randomBytes([0], .int64, seed: 0)],
+        metadata: ["rank": me, "step": 7])
+    try ring({ try world.sendTensorDict(dict) }, {
+        let got = try world.recvTensorDict([String: Int].self)
+        results += got.tensors.keys.sorted().map { got.tensors[$0]! }
+        results.append(try Tensor(shape: [2], scalars: [Int64(got.metadata["rank"]!), Int64(got.metadata["step"]!)]))
+    })
+    let object = try world.broadcastObject(me == n - 1 ? ["ranks": Array(0..<n), "steps": [50, 25]] : nil, from: n - 1)
+    results.append(try Tensor(shape: [object["ranks"]!.count + 2], scalars: (object["ranks"]! + object["steps"]!).map(Int64.init)))
+    let broadcastDict = try world.broadcastTensorDict(me == 0 ? TensorDict(["x": try randomBytes([5, n], .float16, seed: 42)]) : nil)
+    results.append(broadcastDict.tensors["x"]!)
+    return results
+}
+
+/// A tensor of pseudo-random bytes (bools 0 or 1): for transfers, which copy bits.
+private func randomBytes(_ shape: [Int], _ dtype: DType, seed: UInt64) throws -> Tensor {
+    var tensor = try Tensor(zeros: shape, dtype: dtype)
+    var state = seed &* 0x9E37_79B9_7F4A_7C15 &+ 1
+    tensor.withUnsafeMutableBytes { bytes in
+        for i in bytes.indices {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            bytes[i] = UInt8(truncatingIfNeeded: state >> 33) & (dtype == .bool ? 1 : 0xFF)
+        }
+    }
+    return tensor
 }

@@ -215,13 +215,7 @@ extension GroupCoordinator {
         }
         return try collective(name, input, arguments: [root], text: "root=\(root)") { _ in
             try checkRoot(root, op: name)
-            if rankInGroup == root { return input }
-            let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
-            let plan = StridedCopy.contiguous(srcOffset: 0, dstOffset: 0, bytes: input.byteCount)
-            execute(
-                plan, from: channel.buffers(of: root).input, to: output.storage.pointer,
-                streaming: input.byteCount >= streamingThresholdBytes)
-            return output
+            return rankInGroup == root ? input : try copyOfInput(of: root, on: channel)
         }
     }
 

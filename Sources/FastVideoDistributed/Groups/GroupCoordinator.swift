@@ -1,9 +1,14 @@
+import Dispatch
+
 /// One process group as seen from one rank: FastVideo's `GroupCoordinator`.
 ///
 /// It knows the group's members and this rank's place among them, and runs the
 /// collectives (``allReduce(_:op:)``, ``allGather(_:dim:)``, ``reduceScatter(_:dim:op:)``,
 /// ``gather(_:to:dim:)``, ``broadcast(_:from:)``, ``barrier()``,
-/// ``allToAll4D(_:scatterDim:gatherDim:)``). Every member must call the same
+/// ``allToAll4D(_:scatterDim:gatherDim:)``), point-to-point transfers
+/// (``send(_:to:)``, ``recv(from:shape:dtype:)``, ``sendTensorDict(_:to:)``,
+/// ``recvTensorDict(_:from:)``) and object broadcasts (``broadcastObject(_:from:)``,
+/// ``broadcastTensorDict(_:from:)``). Every member must call the same
 /// collectives in the same order; a coordinator is used by its rank's thread only
 /// (using it from two threads at once throws ``FVDError/concurrentUse(group:)``).
 ///
@@ -22,6 +27,11 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
 
     let factory: any ChannelFactory
     let channel: any PeerMemoryChannel
+    /// The one-way links of ``send(_:to:)`` and ``recv(from:shape:dtype:)``, made on first
+    /// use, by `source * size + destination` (group ranks).
+    let links = Locked<[Int: any PeerMemoryChannel]>([:])
+    /// The metrics of each operation run on this group, made on first use.
+    private let instruments = Locked<[String: CollectiveInstruments]>([:])
 
     init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) throws {
         self.name = name
@@ -73,30 +83,56 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         return try GroupCoordinator(name: name, ranks: sorted, rank: rank, factory: factory)
     }
 
-    /// Runs one collective on this group's channel with the next call number.
+    /// Runs one collective on `channel` (the group's, or a send/receive link) with its
+    /// next call number, recording it in the flight recorder, the log and the metrics.
     ///
     /// `body` gets the call number and runs after every member has published a header equal to this one, so
-    /// argument checks inside it throw on every rank alike.
+    /// argument checks inside it throw on every rank alike. `payload` gives the call's
+    /// bytes for the log and metrics from its result (default: the input's size).
     func collective<R>(
         _ op: String, kind: String? = nil, _ input: Tensor, arguments: [Int] = [], text: String = "",
-        output: Tensor? = nil, _ body: (_ call: Int) throws -> R
+        output: Tensor? = nil, on channel: (any PeerMemoryChannel)? = nil, payload: ((R) -> Int)? = nil,
+        _ body: (_ call: Int) throws -> R
     ) throws -> R {
+        let channel = channel ?? self.channel
         let recorder = flightRecorder
-        let sequence = recorder.begin(op: op, group: channel.label, call: channel.nextCall, shape: input.shape, dtype: input.dtype)
+        let call = channel.nextCall
+        let sequence = recorder.begin(op: op, group: channel.label, call: call, shape: input.shape, dtype: input.dtype)
+        Diagnostics.log(.trace, rank: rank, "begin \(op) \(channel.label) call #\(call) shape \(input.shape) \(input.dtype)")
+        let start = DispatchTime.now().uptimeNanoseconds
+        let metrics = instruments(for: op)
         do {
-            let result = try runCollective(op, kind: kind, input, arguments: arguments, text: text, output: output, body)
+            let result = try runCollective(op, kind: kind, input, arguments: arguments, text: text, output: output, on: channel, body)
+            let elapsed = DispatchTime.now().uptimeNanoseconds &- start
             recorder.end(sequence)
+            let bytes = payload?(result) ?? input.byteCount
+            metrics.calls.increment()
+            metrics.bytes.increment(by: bytes)
+            metrics.duration.recordNanoseconds(Int64(clamping: elapsed))
+            Diagnostics.log(.debug, rank: rank, collectiveLogLine(
+                op: op, group: channel.label, call: call, shape: input.shape, dtype: input.dtype, bytes: bytes, nanoseconds: elapsed))
             return result
         } catch {
             recorder.end(sequence, error: error)
             recorder.reportFailure(error)
+            metrics.failures.increment()
+            Diagnostics.log(.debug, rank: rank, "\(op) \(channel.label) call #\(call) failed: \(error)")
             throw error
+        }
+    }
+
+    private func instruments(for op: String) -> CollectiveInstruments {
+        instruments.withLock { cache in
+            if let made = cache[op] { return made }
+            let made = CollectiveInstruments(op: op, group: name, rank: rank)
+            cache[op] = made
+            return made
         }
     }
 
     private func runCollective<R>(
         _ op: String, kind: String?, _ input: Tensor, arguments: [Int], text: String, output: Tensor?,
-        _ body: (_ call: Int) throws -> R
+        on channel: any PeerMemoryChannel, _ body: (_ call: Int) throws -> R
     ) throws -> R {
         guard channel.enter() else {
             let error = FVDError.concurrentUse(group: description)

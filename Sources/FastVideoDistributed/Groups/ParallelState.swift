@@ -39,6 +39,11 @@ public struct ParallelState: Sendable, CustomStringConvertible {
         tensorParallel = try make("tp", layout.tensorParallelGroups)
         sequenceParallel = try make("sp", layout.sequenceParallelGroups)
         dataParallel = try make("dp", layout.dataParallelGroups)
+        if Diagnostics.logs(.debug) {
+            let rank = world.rank
+            Diagnostics.log(.debug, rank: rank, "layout: world of \(world.size), tp \(tp), sp \(sp), dp \(world.size / sp); my groups are marked *")
+            for line in describe().split(separator: "\n") { Diagnostics.log(.debug, rank: rank, "layout: \(line)") }
+        }
     }
 
     /// The layout of the whole world (every group, not only this rank's).

@@ -156,7 +156,18 @@ final class FaultInjectingFactory: ChannelFactory {
     }
 
     func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel {
-        let channel = try inner.makeChannel(name: name, members: members, rank: rank)
+        wrap(try inner.makeChannel(name: name, members: members, rank: rank), name: name, rank: rank)
+    }
+
+    func makePointToPointChannel(group: String, groupMembers: [Int], source: Int, destination: Int, rank: Int) throws
+        -> any PeerMemoryChannel
+    {
+        let channel = try inner.makePointToPointChannel(
+            group: group, groupMembers: groupMembers, source: source, destination: destination, rank: rank)
+        return wrap(channel, name: pointToPointName(group: group, source: source, destination: destination), rank: rank)
+    }
+
+    private func wrap(_ channel: any PeerMemoryChannel, name: String, rank: Int) -> any PeerMemoryChannel {
         let mine = faults.filter { $0.rank == rank && ($0.group == nil || $0.group == name) }
         return mine.isEmpty ? channel : FaultInjectingChannel(wrapping: channel, group: name, faults: mine, factory: self)
     }

@@ -5,11 +5,26 @@ import Synchronization
 /// Creates the per-rank endpoint of a group; implemented by each transport.
 protocol ChannelFactory: Sendable {
     func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel
+    /// The endpoint of the one-way link `source → destination` (world ranks, both members
+    /// of group `group` whose members are `groupMembers`), for send and receive.
+    ///
+    /// Made by either end alone, whenever it first uses the link: it must not wait for the
+    /// other end. The default is a two-member group named `group:source->destination`.
+    func makePointToPointChannel(group: String, groupMembers: [Int], source: Int, destination: Int, rank: Int) throws
+        -> any PeerMemoryChannel
     /// The flight recorder of world rank `rank` (one per rank, shared by its groups).
     func flightRecorder(rank: Int) -> FlightRecorder
 }
 
 extension ChannelFactory {
+    func makePointToPointChannel(group: String, groupMembers: [Int], source: Int, destination: Int, rank: Int) throws
+        -> any PeerMemoryChannel
+    {
+        try makeChannel(name: pointToPointName(group: group, source: source, destination: destination), members: [source, destination].sorted(), rank: rank)
+    }
+
+    func pointToPointName(group: String, source: Int, destination: Int) -> String { "\(group):\(source)->\(destination)" }
+
     /// The endpoint of group `name` on a multi-process transport: a private in-process one
     /// for a group of one (it never communicates), else a channel over the group's state,
     /// which `make` creates once per group (by its key, `name [members]`) in `cache`.

@@ -88,6 +88,25 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
             channel: { MPIChannel(world: self, group: $0) })
     }
 
+    /// A link over the group's own communicator, in a tag range of its own, so making it
+    /// needs nothing from the other end (`MPI_Comm_create_group` would wait for it).
+    func makePointToPointChannel(group: String, groupMembers: [Int], source: Int, destination: Int, rank: Int) throws
+        -> any PeerMemoryChannel
+    {
+        let parent = try makeChannel(name: group, members: groupMembers, rank: rank)
+        guard let parent = parent as? MPIChannel else { throw FVDError.invalidArgument("a group of one has no links") }
+        let members = [source, destination].sorted()
+        return try groupChannel(
+            name: pointToPointName(group: group, source: source, destination: destination), members: members, cache: groups,
+            make: { key in
+                MPIGroupState(
+                    comm: parent.group.comm, label: key, members: members, index: members.firstIndex(of: rank)!,
+                    commRanks: members.map { Int32(groupMembers.firstIndex(of: $0)!) },
+                    tags: source < destination ? MPIGroupState.upwardLinkTags : MPIGroupState.downwardLinkTags)
+            },
+            channel: { MPIChannel(world: self, group: $0) })
+    }
+
     private static func communicator(members: [Int], key: String) throws -> MPI_Comm {
         var worldGroup: MPI_Group?
         try mpiCheck(MPI_Comm_group(fvd_mpi_comm_world(), &worldGroup), "MPI_Comm_group")
@@ -128,12 +147,29 @@ final class MPIGroupState: @unchecked Sendable {
     var sends: [MPI_Request?] = []
     var sentCall = -1
 
-    init(comm: MPI_Comm, label: String, members: [Int], index: Int) {
+    /// The rank in `comm` of each member: its index, except for a send/receive link,
+    /// which uses its group's communicator.
+    let commRanks: [Int32]
+    /// The tags of the call headers: a group's collectives use 0..<30000, a link from a
+    /// lower to a higher group rank 30000..<31000, the other way 31000..<32000 (a link's
+    /// data message is tag 32000); MPI allows at least 0...32767.
+    let tags: Range<Int32>
+    static let groupTags: Range<Int32> = 0..<30_000
+    static let upwardLinkTags: Range<Int32> = 30_000..<31_000
+    static let downwardLinkTags: Range<Int32> = 31_000..<32_000
+    static let linkDataTag: Int32 = 32_000
+
+    init(comm: MPI_Comm, label: String, members: [Int], index: Int, commRanks: [Int32]? = nil, tags: Range<Int32> = groupTags) {
         self.comm = comm
         self.label = label
         self.members = members
         self.index = index
+        self.commRanks = commRanks ?? members.indices.map(Int32.init)
+        self.tags = tags
     }
+
+    /// The tag of call `call`'s header.
+    func tag(_ call: Int) -> Int32 { tags.lowerBound + Int32(call % tags.count) }
 }
 
 /// A group's endpoint on MPI: the peers' buffers are made readable by copying them here.
@@ -228,14 +264,12 @@ final class MPIChannel: PeerMemoryChannel {
         group.sends = [MPI_Request?](repeating: fvd_mpi_request_null(), count: members.count)
         for j in 0..<members.count where j != index {
             do {
-                try mpiCheck(MPI_Isend(buffer, Int32(size), fvd_mpi_byte(), Int32(j), Self.tag(call), group.comm, &group.sends[j]), "MPI_Isend")
+                try mpiCheck(MPI_Isend(buffer, Int32(size), fvd_mpi_byte(), group.commRanks[j], group.tag(call), group.comm, &group.sends[j]), "MPI_Isend")
             } catch let error as FVDError {
                 world.abort(error)
             } catch {}
         }
     }
-
-    private static func tag(_ call: Int) -> Int32 { Int32(call % 30_000) }
 
     /// Receives every member's header point to point, waiting at most the world's
     /// timeout; a member whose header has not come by then is named in the timeout (this
@@ -248,7 +282,7 @@ final class MPIChannel: PeerMemoryChannel {
         let peers = (0..<n).filter { $0 != index }
         var receives = [MPI_Request?](repeating: fvd_mpi_request_null(), count: n)
         for j in peers {
-            try mpiCheck(MPI_Irecv(buffer + j * size, Int32(size), fvd_mpi_byte(), Int32(j), Self.tag(call), group.comm, &receives[j]), "MPI_Irecv")
+            try mpiCheck(MPI_Irecv(buffer + j * size, Int32(size), fvd_mpi_byte(), group.commRanks[j], group.tag(call), group.comm, &receives[j]), "MPI_Irecv")
         }
         let start = DispatchTime.now().uptimeNanoseconds
         var pending = peers
@@ -293,13 +327,31 @@ final class MPIChannel: PeerMemoryChannel {
             break
         case _ where Self.pulledKinds.contains(header.kind):
             break  // the collective's pullByMessages moves exactly what it reads
-        case "broadcast":
+        case "send_recv":
+            // The sender's input, and only that, to the receiver (the link's two members).
+            guard let sender = header.arguments.first, (0..<n).contains(sender) else { return }
+            let count = try mpiCount(try group.headers[sender].byteCount(), header.op)
+            if sender == index {
+                try mpiCheck(
+                    MPI_Send(group.mine.input, count, fvd_mpi_byte(), group.commRanks[1 - index], MPIGroupState.linkDataTag, group.comm),
+                    "MPI_Send")
+            } else {
+                let copy = TensorStorage(uninitializedByteCount: Int(count))
+                try mpiCheck(
+                    MPI_Recv(copy.pointer, count, fvd_mpi_byte(), group.commRanks[sender], MPIGroupState.linkDataTag, group.comm, fvd_mpi_status_ignore()),
+                    "MPI_Recv")
+                group.received = [copy]
+                group.inputs[sender] = UnsafeRawPointer(copy.pointer)
+            }
+        case "broadcast", "broadcast_any":
             // Only the root's input is read; an invalid root throws in the collective's body.
             guard let root = header.arguments.first, (0..<n).contains(root) else { return }
+            let rootBytes = try group.headers[root].byteCount()
+            let count = try mpiCount(rootBytes, header.op)
             if root == index {
                 try mpiCheck(MPI_Bcast(UnsafeMutableRawPointer(mutating: group.mine.input), count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
             } else {
-                let copy = TensorStorage(uninitializedByteCount: bytes)
+                let copy = TensorStorage(uninitializedByteCount: rootBytes)
                 try mpiCheck(MPI_Bcast(copy.pointer, count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
                 group.received = [copy]
                 group.inputs[root] = UnsafeRawPointer(copy.pointer)

@@ -13,6 +13,17 @@ struct CallHeader: Sendable, Equatable {
     var argumentText: String
     /// How many collectives this rank has called on this group before.
     var call: Int
+
+    /// Collectives whose data's shape and dtype travel with it: only the sending rank's
+    /// header describes the data, so the others' shapes and dtypes are not compared.
+    /// Their first argument is the sender's index in the channel.
+    static let dataTravelsKinds: Set<String> = ["send_recv", "broadcast_any"]
+
+    /// The number of bytes the header describes, or an error if a peer's header
+    /// describes an impossible tensor.
+    func byteCount() throws -> Int {
+        try Tensor.elementCount(of: shape) * dtype.byteSize
+    }
 }
 
 /// A rank's buffers as its peers can address them during one collective.
