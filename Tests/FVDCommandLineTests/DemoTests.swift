@@ -120,6 +120,24 @@ struct DemoTests {
         #expect(report.maxAbsError > report.tolerance)
     }
 
+    @Test("fvd demo --verbose logs each rank's layout and one line per collective on stderr; without it, nothing")
+    func verbose() throws {
+        let quiet = try runFVD(["demo"])
+        #expect(quiet.status == 0 && quiet.stderr.isEmpty, "\(quiet.stderr)")
+        let result = try runFVD(["demo", "--verbose"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("PASS"), "\(result.stdout)")
+        let lines = result.stderr.split(separator: "\n")
+        for rank in 0..<4 {
+            let mine = lines.filter { $0.contains("debug fastvideo.distributed: rank=\(rank) ") }
+            #expect(mine.contains { $0.hasSuffix("layout: tp\(rank / 2): ranks [\(rank / 2 * 2), \(rank / 2 * 2 + 1)] *") }, "\(mine)")
+            // The step's collectives: as many lines as the demo's timing table counts for this rank.
+            let calls = mine.filter { $0.contains(" call #") && $0.hasSuffix(" GB/s") }
+            #expect(calls.count == 5, "\(calls)")
+            #expect(calls.contains { $0.contains("all_to_all_4D sp\(rank / 2) [\(rank / 2 * 2), \(rank / 2 * 2 + 1)] call #0 shape [3, 128, 8, 16] float32 196608 B ") }, "\(calls)")
+        }
+    }
+
     @Test("the error is measured: a shifted output is far from the reference")
     func errorIsHonest() throws {
         let shape = DemoShape(tokens: 32, hidden: 64, heads: 8, textDim: 32, mlpHidden: 256)

@@ -35,6 +35,21 @@ struct PointToPointTests {
         }
     }
 
+    @Test("a large tensor (48 MB, above the streaming-copy threshold) and an empty one arrive intact")
+    func largeAndEmpty() throws {
+        let large = randomTensor([3, 1024, 4096], .float32, seed: 7)
+        let results = try World.inProcess(size: 2, timeout: 60).run { world -> [Tensor] in
+            if world.rankInGroup == 0 {
+                try world.send(large)
+                try world.send(try Tensor(zeros: [4, 0, 2], dtype: .float16))
+                return []
+            }
+            return [try world.recv(shape: [3, 1024, 4096], dtype: .float32), try world.recv()]
+        }
+        #expect(results[1].count == 2 && results[1][0] == large)
+        #expect(results[1].last?.shape == [4, 0, 2] && results[1].last?.dtype == .float16)
+    }
+
     @Test("sends on one link arrive in order; the default peers are the ring's next and previous")
     func orderAndRing() throws {
         let results = try World.inProcess(size: 3, timeout: 30).run { world -> [Tensor] in
