@@ -23,8 +23,12 @@ public func sequenceModelParallelAllGather(_ input: Tensor, dim: Int = -1) throw
 }
 
 /// `sequence_model_parallel_all_to_all_4D`: the Ulysses all-to-all over the sequence-parallel group.
-public func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1) throws -> Tensor {
-    try ParallelState.require().sequenceModelParallelAllToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim)
+///
+/// `split` (beyond FastVideo) takes uneven sizes and grouped-query key/value heads; see ``AllToAllSplit``.
+public func sequenceModelParallelAllToAll4D(
+    _ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil
+) throws -> Tensor {
+    try ParallelState.require().sequenceModelParallelAllToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split)
 }
 
 /// `sequence_model_parallel_shard`: this rank's slice of `input` along `dim`, zero-padded.
@@ -69,10 +73,18 @@ extension ParallelState {
     ///   ``FVDError/unsupportedDimPair(op:scatterDim:gatherDim:)`` for other pairs,
     ///   ``FVDError/indivisible(op:dim:size:parts:)`` when the scattered dimension does not
     ///   divide by `n` — on every rank.
+    ///
+    /// With a `split` (beyond FastVideo), the sizes need not divide: 30 heads on 4 ranks
+    /// go 8, 8, 7, 7 and 1001 tokens 251, 250, 250, 250 by default, or as the split says,
+    /// and key/value tensors with fewer heads than the queries go to the ranks whose query
+    /// heads use them (see ``AllToAllSplit``). Sizes that do not sum up, or a split that
+    /// differs between ranks, throw on every rank.
     /// - Complexity: each rank writes its output once, straight from its peers' inputs;
     ///   no transposes before or after the exchange.
-    public func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1) throws -> Tensor {
-        try sequenceParallel.allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim)
+    public func sequenceModelParallelAllToAll4D(
+        _ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil
+    ) throws -> Tensor {
+        try sequenceParallel.allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split)
     }
 
     /// `sequence_model_parallel_shard`: pads `input` with zeros along `dim` to a multiple

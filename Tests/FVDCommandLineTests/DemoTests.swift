@@ -85,14 +85,15 @@ struct DemoTests {
         }
     }
 
-    @Test("heads that do not divide by sp make the all-to-all throw")
-    func indivisibleHeads() {
-        #expect {
-            try runDemo(small(world: 3, tp: 1, sp: 3))
-        } throws: { error in
-            guard case .indivisible(_, let dim, let size, let parts)? = error as? FVDError else { return false }
-            return dim == 2 && size == 8 && parts == 3
-        }
+    @Test("heads that do not divide by sp take the uneven all-to-all: 30 heads on 4 ranks (8, 8, 7, 7), 8 on 3, 3 on 4", arguments: [
+        (4, 1, 4, 30), (4, 2, 2, 30), (3, 1, 3, 8), (4, 1, 4, 3), (6, 2, 3, 5),
+    ])
+    func unevenHeads(_ layout: (Int, Int, Int, Int)) throws {
+        let (world, tp, sp, heads) = layout
+        var config = small(world: world, tp: tp, sp: sp, heads: heads)
+        config.hidden = 2 * heads
+        let report = try runDemo(config)
+        #expect(report.passed, "max abs error \(report.maxAbsError)")
     }
 
     @Test("sizes the block cannot use are rejected")
@@ -245,7 +246,7 @@ struct DemoCommandTests {
 
     @Test("a library error exits non-zero")
     func libraryErrorExits() throws {
-        let command = try DemoCommand.parse(["--world-size", "3", "--tp", "1", "--sp", "3", "--frames", "1"])
+        let command = try DemoCommand.parse(["--world-size", "3", "--tp", "3", "--sp", "1", "--frames", "1"])  // MLP hidden 512 over 3
         #expect(throws: ExitCode.failure) { try command.run() }
     }
 

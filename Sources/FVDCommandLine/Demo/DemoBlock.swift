@@ -311,7 +311,7 @@ protocol DemoCommunicator {
     func tensorModelParallelAllGather(_ input: Tensor, dim: Int) throws -> Tensor
     func tensorModelParallelAllReduce(_ input: Tensor) throws -> Tensor
     func sequenceModelParallelShard(_ input: Tensor, dim: Int) throws -> (shard: Tensor, originalLength: Int)
-    func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int) throws -> Tensor
+    func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?) throws -> Tensor
     func sequenceModelParallelAllGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor
 }
 
@@ -324,7 +324,9 @@ struct DemoLocal: DemoCommunicator {
     func sequenceModelParallelShard(_ input: Tensor, dim: Int) throws -> (shard: Tensor, originalLength: Int) {
         (input, input.shape[dim])
     }
-    func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int) throws -> Tensor { input }
+    func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?) throws -> Tensor {
+        input
+    }
     func sequenceModelParallelAllGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor {
         input
     }
@@ -371,8 +373,9 @@ enum DemoBlock {
         // q, k and v travel in one all-to-all, stacked on the batch dimension (as FastVideo does).
         let qkv = DemoMath.matmul(h, weights.wq).data + DemoMath.matmul(h, weights.wk).data
             + DemoMath.matmul(h, weights.wv).data
+        // The uneven split: any head count works (30 heads on 4 ranks go 8, 8, 7, 7).
         let gathered = try comm.sequenceModelParallelAllToAll4D(
-            Tensor(shape: [3, localTokens, heads, headDim], scalars: qkv), scatterDim: 2, gatherDim: 1)
+            Tensor(shape: [3, localTokens, heads, headDim], scalars: qkv), scatterDim: 2, gatherDim: 1, split: .balanced)
         let fullTokens = gathered.shape[1], localHeads = gathered.shape[2]
         let perTensor = fullTokens * localHeads * headDim
         let attended = try gathered.withUnsafeBufferPointer(as: Float.self) { all in
@@ -383,7 +386,7 @@ enum DemoBlock {
                 seq: fullTokens, heads: localHeads, headDim: headDim, validKeys: length)
         }
         let back = try comm.sequenceModelParallelAllToAll4D(
-            Tensor(shape: [1, fullTokens, localHeads, headDim], scalars: attended), scatterDim: 1, gatherDim: 2)
+            Tensor(shape: [1, fullTokens, localHeads, headDim], scalars: attended), scatterDim: 1, gatherDim: 2, split: .balanced)
         let attn = DemoMatrix(rows: localTokens, cols: c, data: try back.scalars(as: Float.self))
         DemoMath.addGated(&xLocal, DemoMath.matmul(attn, weights.wo), gate: gate1)
 

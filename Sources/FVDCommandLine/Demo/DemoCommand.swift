@@ -40,10 +40,10 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Latent width in patches.")
     var width: Int = 8
 
-    @Option(help: "Hidden size of the block.")
-    var hidden: Int = 128
+    @Option(help: "Hidden size of the block (default 16 × heads: 128).")
+    var hidden: Int?
 
-    @Option(help: "Attention heads (must divide by --sp).")
+    @Option(help: "Attention heads; any number: heads that do not divide by --sp take the uneven all-to-all (30 heads on 4 ranks: 8, 8, 7, 7).")
     var heads: Int = 8
 
     @Option(help: "Seed of the weights and inputs.")
@@ -64,7 +64,7 @@ struct DemoCommand: ParsableCommand {
     func run() throws {
         var config = DemoConfiguration(
             worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp, frames: frames, height: height,
-            width: width, hidden: hidden, heads: heads, seed: seed, timeout: timeout, tolerance: tolerance)
+            width: width, hidden: hidden ?? 16 * heads, heads: heads, seed: seed, timeout: timeout, tolerance: tolerance)
         config.verbose = verbose
         let report: DemoReport
         var placement = RankPlacement.inProcess

@@ -270,9 +270,9 @@ private final class DemoTimedCollectives: DemoCommunicator {
         }
     }
 
-    func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int) throws -> Tensor {
+    func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?) throws -> Tensor {
         try timed("sequence_model_parallel_all_to_all_4D (\(scatterDim),\(gatherDim))", input) {
-            try FastVideoDistributed.sequenceModelParallelAllToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim)
+            try FastVideoDistributed.sequenceModelParallelAllToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split)
         }
     }
 

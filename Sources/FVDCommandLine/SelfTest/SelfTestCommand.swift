@@ -32,8 +32,8 @@ struct SelfTestCommand: ParsableCommand {
     @Option(help: "Seconds a collective waits for missing ranks.")
     var timeout: Double?
 
-    @Flag(help: "Run only the point-to-point part (send/recv, tensor dicts, objects): quick at larger world sizes.")
-    var pointToPointOnly = false
+    @Flag(help: "Run only the parts beyond FastVideo's collectives (send/recv, tensor dicts, objects, the uneven and grouped-query all-to-all): quick at larger world sizes.")
+    var extrasOnly = false
 
     @Flag(help: "At the end, the last rank receives once more from rank 0, which sends nothing (an unmatched recv).")
     var unmatchedRecv = false
@@ -63,12 +63,12 @@ struct SelfTestCommand: ParsableCommand {
             let size = Int(env["WORLD_SIZE"] ?? env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"] ?? "1") ?? 1
             let rank = Int(env["RANK"] ?? env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"] ?? "0") ?? 0
             let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
-                try runCollectives(group, worldSize: size, mismatch: nil, pointToPointOnly: pointToPointOnly)
+                try runCollectives(group, worldSize: size, mismatch: nil, extrasOnly: extrasOnly)
             }[min(max(rank, 0), size - 1)]
             let world = try World.fromEnvironment(timeout: timeout, faults: faults)
             let baseline = checkLeaks ? ResourceCount.now() : nil
             defer { if let baseline { print(baseline.leaks()) } }
-            let got = try world.run { group in try runCollectives(group, worldSize: world.size, mismatch: mismatch, pointToPointOnly: pointToPointOnly, unmatchedRecv: unmatchedRecv) }
+            let got = try world.run { group in try runCollectives(group, worldSize: world.size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv) }
             try compare(got, expected, rank: world.rank)
             print("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")
         } catch let exit as ExitCode {
@@ -83,11 +83,11 @@ struct SelfTestCommand: ParsableCommand {
     /// way `fvd launch` prefixes a process rank's lines.
     private func runInProcess(size: Int, faults: [Fault]?, mismatch: (kind: String, rank: Int)?) throws {
         let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
-            try runCollectives(group, worldSize: size, mismatch: nil, pointToPointOnly: pointToPointOnly)
+            try runCollectives(group, worldSize: size, mismatch: nil, extrasOnly: extrasOnly)
         }
         let world = try World.inProcess(size: size, timeout: timeout, faults: faults)
         let baseline = checkLeaks ? ResourceCount.now() : nil
-        let outcomes = world.runEach { group in try runCollectives(group, worldSize: size, mismatch: mismatch, pointToPointOnly: pointToPointOnly, unmatchedRecv: unmatchedRecv) }
+        let outcomes = world.runEach { group in try runCollectives(group, worldSize: size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv) }
         if let baseline { print(baseline.leaks()) }
         var failed = false
         for (rank, outcome) in outcomes.enumerated() {
@@ -162,13 +162,13 @@ private func input(rank: Int, shape: [Int], dtype: DType, salt: Int) throws -> T
 /// all-gathering first) an all-gather along dim 1 (`dim`) or the invalid dim 9 (`baddim`)
 /// where the others use dim 0.
 private func runCollectives(
-    _ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?, pointToPointOnly: Bool = false,
+    _ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?, extrasOnly: Bool = false,
     unmatchedRecv: Bool = false
 ) throws -> [Tensor] {
     var results: [Tensor] = []
     var salt = 0
     let me = world.rank
-    for dtype in [DType.float32, .bfloat16, .float16, .int32, .float64] where !pointToPointOnly {
+    for dtype in [DType.float32, .bfloat16, .float16, .int32, .float64] where !extrasOnly {
         for shape in [[7], [2, 3 * n, 5], [1, 2 * n, 2 * n, 4], [40_000 * n]] {
             salt += 1
             let odd = salt == 3 && mismatch?.rank == me ? mismatch?.kind : nil
@@ -203,17 +203,25 @@ private func runCollectives(
             try world.barrier()
         }
     }
-    if n >= 2 { results += try runPointToPoint(world, worldSize: n) }
+    if n >= 2 { results += try runExtras(world, worldSize: n) }
     if unmatchedRecv, n >= 2, world.rankInGroup == n - 1 { _ = try world.recv(from: 0) }
     return results
 }
 
-/// Sends and receives around the ring (even ranks send first, so no cycle waits), every
-/// dtype, an empty and a 2.4 MB tensor, a tensor dict and object broadcasts; after the
-/// collectives, so their call numbers stay put. Returns what this rank received.
-private func runPointToPoint(_ world: GroupCoordinator, worldSize n: Int) throws -> [Tensor] {
+/// Beyond FastVideo's collectives, after them (so their call numbers stay put): the
+/// uneven and grouped-query all-to-all with awkward sizes, then sends and receives around
+/// the ring (even ranks send first, so no cycle waits), every dtype, an empty and a
+/// 2.4 MB tensor, a tensor dict and object broadcasts. Returns this rank's results.
+private func runExtras(_ world: GroupCoordinator, worldSize n: Int) throws -> [Tensor] {
     let me = world.rankInGroup
     var results: [Tensor] = []
+    // 7 heads over n ranks, shards of me + 1 tokens; back with the same split.
+    let lengths = (0..<n).map { $0 + 1 }
+    let spread = try world.allToAll4D(try randomBytes([2, me + 1, 7, 3], .bfloat16, seed: UInt64(me)), split: .balanced)
+    results.append(spread)
+    results.append(try world.allToAll4D(spread, scatterDim: 1, gatherDim: 2, split: AllToAllSplit(sequence: lengths)))
+    // 2 key/value heads for 6 query heads, replicated where ranks outnumber them.
+    results.append(try world.allToAll4D(try randomBytes([1, me + 1, 2, 4], .float32, seed: UInt64(me)), split: AllToAllSplit(queryHeads: 6)))
     func ring(_ send: () throws -> Void, _ receive: () throws -> Void) throws {
         if me % 2 == 0 {
             try send()

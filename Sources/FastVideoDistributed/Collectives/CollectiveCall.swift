@@ -72,9 +72,13 @@ func disagreement(_ headers: [CallHeader], ranks: [Int], label: String, index: I
         return .operationMismatch(group: label, ranks: ranks, operations: headers.map(\.op))
     }
     // Where the data's shape travels with it (send/recv, object broadcasts), only the
-    // sending rank's header describes the data.
-    if !CallHeader.dataTravelsKinds.contains(mine.kind) {
-        if let error = dataDisagreement(headers, ranks: ranks, label: label, mine: mine) { return error }
+    // sending rank's header describes the data; where shapes may differ by rank, the
+    // collective checks them.
+    if !CallHeader.dataTravelsKinds.contains(mine.kind), headers.contains(where: { $0.dtype != mine.dtype }) {
+        return .dtypeMismatch(op: mine.op, group: label, ranks: ranks, dtypes: headers.map(\.dtype))
+    }
+    if !CallHeader.shapeCheckedInBodyKinds.contains(mine.kind), headers.contains(where: { $0.shape != mine.shape }) {
+        return .shapeMismatch(op: mine.op, group: label, ranks: ranks, shapes: headers.map(\.shape))
     }
     if headers.contains(where: { $0.arguments != mine.arguments }) {
         return .argumentMismatch(op: mine.op, group: label, ranks: ranks, arguments: headers.map(\.argumentText))
@@ -82,12 +86,3 @@ func disagreement(_ headers: [CallHeader], ranks: [Int], label: String, index: I
     return nil
 }
 
-private func dataDisagreement(_ headers: [CallHeader], ranks: [Int], label: String, mine: CallHeader) -> FVDError? {
-    if headers.contains(where: { $0.dtype != mine.dtype }) {
-        return .dtypeMismatch(op: mine.op, group: label, ranks: ranks, dtypes: headers.map(\.dtype))
-    }
-    if headers.contains(where: { $0.shape != mine.shape }) {
-        return .shapeMismatch(op: mine.op, group: label, ranks: ranks, shapes: headers.map(\.shape))
-    }
-    return nil
-}

@@ -225,43 +225,6 @@ extension GroupCoordinator {
         try collective("barrier", Tensor.empty) { _ in }
     }
 
-    /// The Ulysses all-to-all of a `[B, S, H, D]` tensor (see ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:)``).
-    public func allToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1) throws -> Tensor {
-        let name = "all_to_all_4D"
-        if size == 1 {
-            _ = try allToAllPlan(input, scatterDim: scatterDim, gatherDim: gatherDim, op: name)
-            return input
-        }
-        return try collective(
-            name, input, arguments: [dimKey(scatterDim, 4), dimKey(gatherDim, 4)], text: "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)"
-        ) { _ in
-            let plan = try allToAllPlan(input, scatterDim: scatterDim, gatherDim: gatherDim, op: name)
-            let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)
-            try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
-                plan.copy(from: j, to: destination)
-            }
-            return output
-        }
-    }
-
-    /// Checks the all-to-all's arguments and returns its balanced plan.
-    private func allToAllPlan(_ input: Tensor, scatterDim: Int, gatherDim: Int, op: String) throws -> Layout.AllToAll4D {
-        guard input.rank == 4 else { throw FVDError.wrongRank(op: op, expected: 4, shape: input.shape) }
-        let s = try Layout.normalize(dim: scatterDim, ndim: 4, op: op)
-        let g = try Layout.normalize(dim: gatherDim, ndim: 4, op: op)
-        guard (s, g) == (2, 1) || (s, g) == (1, 2) else {
-            throw FVDError.unsupportedDimPair(op: op, scatterDim: scatterDim, gatherDim: gatherDim)
-        }
-        let shape = input.shape
-        guard shape[s] % size == 0 else { throw FVDError.indivisible(op: op, dim: s, size: shape[s], parts: size) }
-        let scatterHeads = s == 2
-        return Layout.AllToAll4D(
-            scatterHeads: scatterHeads, batch: shape[0],
-            seq: Array(repeating: scatterHeads ? shape[1] : shape[1] / size, count: size),
-            heads: Array(repeating: scatterHeads ? shape[2] / size : shape[2], count: size),
-            headDim: shape[3], elementSize: input.dtype.byteSize)
-    }
-
     /// All-gather along `dim`, then keep the first `originalLength` entries along it
     /// (undoes ``sequenceModelParallelShard(_:dim:)``'s padding with one copy per byte).
     func allGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor {
@@ -288,7 +251,7 @@ extension GroupCoordinator {
         }
     }
 
-    private func checkRoot(_ root: Int, op: String) throws {
+    func checkRoot(_ root: Int, op: String) throws {
         guard (0..<size).contains(root) else {
             throw FVDError.invalidArgument("\(op): root \(root) is not a rank of group \(description) (0..<\(size))")
         }
@@ -296,7 +259,7 @@ extension GroupCoordinator {
 }
 
 /// Compares dims by their resolved value when valid, so `-1` and `ndim-1` agree.
-private func dimKey(_ dim: Int, _ ndim: Int) -> Int {
+func dimKey(_ dim: Int, _ ndim: Int) -> Int {
     (dim < 0 && dim >= -ndim) ? dim + ndim : dim
 }
 

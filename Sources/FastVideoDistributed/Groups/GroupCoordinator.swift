@@ -5,7 +5,7 @@ import Dispatch
 /// It knows the group's members and this rank's place among them, and runs the
 /// collectives (``allReduce(_:op:)``, ``allGather(_:dim:)``, ``reduceScatter(_:dim:op:)``,
 /// ``gather(_:to:dim:)``, ``broadcast(_:from:)``, ``barrier()``,
-/// ``allToAll4D(_:scatterDim:gatherDim:)``), point-to-point transfers
+/// ``allToAll4D(_:scatterDim:gatherDim:split:)``), point-to-point transfers
 /// (``send(_:to:)``, ``recv(from:shape:dtype:)``, ``sendTensorDict(_:to:)``,
 /// ``recvTensorDict(_:from:)``) and object broadcasts (``broadcastObject(_:from:)``,
 /// ``broadcastTensorDict(_:from:)``). Every member must call the same

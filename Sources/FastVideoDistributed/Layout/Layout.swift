@@ -62,6 +62,11 @@ enum Layout {
     /// receives `[B, seq[r], ΣH, D]`:
     /// `out[b, t, headStart[j] + h, d] = in_j[b, seqStart[r] + t, h, d]`.
     /// Balanced splits are `seq = [S/n] * n`, `heads = [H/n] * n`.
+    ///
+    /// `headStart[r]` is where rank `r`'s heads start among the `totalHeads` of the
+    /// head-complete side: by default the running sum of `heads` (a partition), but the
+    /// ranges may overlap (grouped-query key/value heads that several ranks need) or leave
+    /// heads out (one chunk of the heads).
     struct AllToAll4D: Sendable, Equatable {
         /// `true` for `(scatter 2, gather 1)` (heads scattered, sequence gathered).
         var scatterHeads: Bool
@@ -70,20 +75,28 @@ enum Layout {
         var seq: [Int]
         /// Heads held by each rank on the head-sharded side.
         var heads: [Int]
+        /// First head of each rank's range among `totalHeads`.
+        var headStart: [Int]
+        /// Heads on the head-complete side.
+        var totalHeads: Int
         var headDim: Int
         var elementSize: Int
 
-        init(scatterHeads: Bool, batch: Int, seq: [Int], heads: [Int], headDim: Int, elementSize: Int) {
+        init(
+            scatterHeads: Bool, batch: Int, seq: [Int], heads: [Int], headStart: [Int]? = nil, totalHeads: Int? = nil,
+            headDim: Int, elementSize: Int
+        ) {
             self.scatterHeads = scatterHeads
             self.batch = batch
             self.seq = seq
             self.heads = heads
+            self.headStart = headStart ?? Layout.offsets(of: heads)
+            self.totalHeads = totalHeads ?? heads.reduce(0, +)
             self.headDim = headDim
             self.elementSize = elementSize
         }
 
         var totalSeq: Int { seq.reduce(0, +) }
-        var totalHeads: Int { heads.reduce(0, +) }
 
         /// Shape of rank `r`'s input.
         func inputShape(rank r: Int) -> [Int] {
@@ -98,7 +111,7 @@ enum Layout {
         /// The block rank `receiver` takes from rank `sender`'s input into its own output.
         func copy(from sender: Int, to receiver: Int) -> StridedCopy {
             let es = elementSize, d = headDim
-            let seqStart = Layout.offsets(of: seq), headStart = Layout.offsets(of: heads)
+            let seqStart = Layout.offsets(of: seq)
             let totalH = totalHeads, totalS = totalSeq
             if scatterHeads {
                 let sl = seq[sender], hl = heads[receiver]

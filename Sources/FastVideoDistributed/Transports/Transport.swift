@@ -18,6 +18,9 @@ struct CallHeader: Sendable, Equatable {
     /// header describes the data, so the others' shapes and dtypes are not compared.
     /// Their first argument is the sender's index in the channel.
     static let dataTravelsKinds: Set<String> = ["send_recv", "broadcast_any"]
+    /// Collectives whose ranks may pass different shapes (the uneven all-to-all): their
+    /// body checks every member's shape, so the error is the same on every rank.
+    static let shapeCheckedInBodyKinds: Set<String> = dataTravelsKinds.union(["all_to_all_4D"])
 
     /// The number of bytes the header describes, or an error if a peer's header
     /// describes an impossible tensor.

@@ -1,0 +1,154 @@
+/// How the Ulysses all-to-all splits the sequence and the heads over the ranks, beyond
+/// FastVideo's even split: uneven sizes (30 heads on 4 ranks, 1001 tokens on 4 ranks)
+/// and grouped-query key/value heads.
+///
+/// Every rank passes the same split. With a split, the all-to-all takes:
+/// - on the side that is complete on every rank (the heads of `(2, 1)`'s input, the
+///   sequence of `(1, 2)`'s), the sizes given here, or else the balanced split of the
+///   total: the first `total % n` ranks get one more (30 heads on 4 ranks: 8, 8, 7, 7;
+///   1001 tokens: 251, 250, 250, 250), the split ``balanced(_:parts:)`` gives;
+/// - on the sharded side (the sequence of `(2, 1)`'s input, the heads of `(1, 2)`'s), each
+///   rank's own size, which may differ between ranks; sizes given here are checked
+///   against them.
+///
+/// `(2, 1)` and `(1, 2)` with the same split are exact inverses, as in the even case.
+public struct AllToAllSplit: Sendable, Equatable, CustomStringConvertible {
+    /// The sequence length of each rank's shard, in group-rank order.
+    public var sequence: [Int]?
+    /// The heads of each rank's slice, in group-rank order; with ``queryHeads``, the
+    /// query heads.
+    public var heads: [Int]?
+    /// For the key and value tensors of grouped-query attention, the number of query
+    /// heads `H` (a multiple of the tensor's `Hkv` heads); only with `(scatter 2, gather 1)`.
+    ///
+    /// Query head `h` uses key/value head `h / (H / Hkv)`. Rank `r`, holding query heads
+    /// `qStart ..< qStart + heads[r]` (``heads`` or the balanced split of `H`), receives
+    /// the key/value heads `qStart / G ... (qStart + heads[r] - 1) / G` (`G = H / Hkv`),
+    /// whole sequence: fewer key/value heads than ranks are replicated on the ranks that
+    /// need them instead of failing. Its local query head `i` uses its local key/value
+    /// head `(qStart + i) / G - qStart / G`.
+    public var queryHeads: Int?
+
+    /// A split with the given sizes; `nil` takes the default described on the type.
+    public init(sequence: [Int]? = nil, heads: [Int]? = nil, queryHeads: Int? = nil) {
+        self.sequence = sequence
+        self.heads = heads
+        self.queryHeads = queryHeads
+    }
+
+    /// The balanced split of whatever does not divide: no sizes given.
+    public static let balanced = AllToAllSplit()
+
+    /// `total` split into `parts` sizes that differ by at most one, larger first.
+    public static func balanced(_ total: Int, parts: Int) -> [Int] {
+        Layout.balancedRanges(count: total, parts: parts).map(\.count)
+    }
+
+    public var description: String {
+        var parts: [String] = []
+        if let sequence { parts.append("sequence \(sequence)") }
+        if let heads { parts.append("heads \(heads)") }
+        if let queryHeads { parts.append("query heads \(queryHeads)") }
+        return parts.isEmpty ? "balanced" : parts.joined(separator: ", ")
+    }
+
+    /// The split as header arguments, compared between ranks.
+    var arguments: [Int] {
+        func list(_ sizes: [Int]?) -> [Int] { sizes.map { [$0.count] + $0 } ?? [-1] }
+        return [1] + list(sequence) + list(heads) + [queryHeads ?? -1]
+    }
+}
+
+extension GroupCoordinator {
+    /// The Ulysses all-to-all of a `[B, S, H, D]` tensor (see
+    /// ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:split:)``).
+    ///
+    /// - Parameter split: `nil` for FastVideo's even all-to-all (equal shapes, the
+    ///   scattered dimension divisible by the group size); else the uneven or
+    ///   grouped-query split (see ``AllToAllSplit``).
+    public func allToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil) throws -> Tensor {
+        let name = "all_to_all_4D"
+        if size == 1 {
+            _ = try allToAllPlan(shapes: [input.shape], scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name)
+            return input
+        }
+        let text = "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)" + (split.map { ", split \($0)" } ?? "")
+        return try collective(
+            name, input, arguments: [dimKey(scatterDim, 4), dimKey(gatherDim, 4)] + (split?.arguments ?? []), text: text
+        ) { _ in
+            let shapes = (0..<size).map { channel.header(of: $0).shape }
+            let plan = try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name)
+            let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)
+            try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
+                plan.copy(from: j, to: destination)
+            }
+            return output
+        }
+    }
+
+    /// Checks the all-to-all's arguments against every member's input shape (`shapes`, in
+    /// group-rank order) and returns its plan; the same error on every rank.
+    func allToAllPlan(
+        shapes: [[Int]], scatterDim: Int, gatherDim: Int, split: AllToAllSplit?, _ dtype: DType, op: String
+    ) throws -> Layout.AllToAll4D {
+        for shape in shapes where shape.count != 4 { throw FVDError.wrongRank(op: op, expected: 4, shape: shape) }
+        let s = try Layout.normalize(dim: scatterDim, ndim: 4, op: op)
+        let g = try Layout.normalize(dim: gatherDim, ndim: 4, op: op)
+        guard (s, g) == (2, 1) || (s, g) == (1, 2) else {
+            throw FVDError.unsupportedDimPair(op: op, scatterDim: scatterDim, gatherDim: gatherDim)
+        }
+        let n = shapes.count, first = shapes[0], scatterHeads = s == 2
+        func plan(seq: [Int], heads: [Int], headStart: [Int]? = nil, totalHeads: Int? = nil) -> Layout.AllToAll4D {
+            Layout.AllToAll4D(
+                scatterHeads: scatterHeads, batch: first[0], seq: seq, heads: heads, headStart: headStart, totalHeads: totalHeads,
+                headDim: first[3], elementSize: dtype.byteSize)
+        }
+        guard let split else {
+            // FastVideo's all-to-all: every rank the same shape, the scattered dimension divisible.
+            guard shapes.allSatisfy({ $0 == first }) else {
+                throw FVDError.shapeMismatch(op: op, group: description, ranks: ranks, shapes: shapes)
+            }
+            guard first[s] % n == 0 else { throw FVDError.indivisible(op: op, dim: s, size: first[s], parts: n) }
+            let even = Array(repeating: first[s] / n, count: n), own = Array(repeating: first[g], count: n)
+            return scatterHeads ? plan(seq: own, heads: even) : plan(seq: even, heads: own)
+        }
+        // Batch, head dim and the complete side agree; the sharded side is each rank's own.
+        guard shapes.allSatisfy({ $0[0] == first[0] && $0[3] == first[3] && $0[s] == first[s] }) else {
+            throw FVDError.shapeMismatch(op: op, group: description, ranks: ranks, shapes: shapes)
+        }
+        let own = shapes.map { $0[g] }
+        let ownName = scatterHeads ? "sequence" : "heads", splitName = scatterHeads ? "heads" : "sequence"
+        if let given = scatterHeads ? split.sequence : split.heads, given != own {
+            throw FVDError.invalidArgument(
+                "\(op) in group \(description): the split's \(ownName) sizes \(given) differ from the ranks' inputs, "
+                    + "whose dim \(g) has sizes \(own)")
+        }
+        func checked(_ sizes: [Int]?, total: Int, what: String) throws -> [Int] {
+            guard let sizes else { return AllToAllSplit.balanced(total, parts: n) }
+            guard sizes.count == n, sizes.allSatisfy({ $0 >= 0 }), sizes.reduce(0, +) == total else {
+                throw FVDError.invalidArgument(
+                    "\(op) in group \(description): \(splitName) sizes \(sizes) must be \(n) non-negative sizes, one per rank, "
+                        + "that sum to the \(total) \(what)")
+            }
+            return sizes
+        }
+        if let queryHeads = split.queryHeads {
+            let kvHeads = first[2]
+            guard scatterHeads else {
+                throw FVDError.invalidArgument("\(op): a grouped-query split needs scatter_dim 2 and gather_dim 1 (the key/value exchange)")
+            }
+            guard kvHeads > 0, queryHeads > 0, queryHeads % kvHeads == 0 else {
+                throw FVDError.invalidArgument(
+                    "\(op) in group \(description): \(queryHeads) query heads are not a multiple of the \(kvHeads) key/value heads of the input")
+            }
+            let queries = try checked(split.heads, total: queryHeads, what: "query heads")
+            let group = queryHeads / kvHeads
+            let starts = Layout.offsets(of: queries)
+            let kvStart = starts.map { $0 / group }
+            let kvCount = (0..<n).map { queries[$0] == 0 ? 0 : (starts[$0] + queries[$0] - 1) / group + 1 - kvStart[$0] }
+            return plan(seq: own, heads: kvCount, headStart: kvStart, totalHeads: kvHeads)
+        }
+        let sizes = try checked(scatterHeads ? split.heads : split.sequence, total: first[s], what: scatterHeads ? "heads" : "tokens")
+        return scatterHeads ? plan(seq: own, heads: sizes) : plan(seq: sizes, heads: own)
+    }
+}
