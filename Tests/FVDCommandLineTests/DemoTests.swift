@@ -121,6 +121,19 @@ struct DemoTests {
         #expect(report.maxAbsError > report.tolerance)
     }
 
+    @Test("--overlap: attention on each group of heads as it arrives gives the same output bits", arguments: [(4, 2, 2, 8), (4, 1, 4, 30), (2, 1, 2, 3)])
+    func overlap(_ layout: (Int, Int, Int, Int)) throws {
+        let (world, tp, sp, heads) = layout
+        var config = small(world: world, tp: tp, sp: sp, heads: heads)
+        config.hidden = 2 * heads
+        let plain = try runDemo(config)
+        config.overlapChunks = 3
+        let overlapped = try runDemo(config)
+        #expect(overlapped.passed && overlapped.maxAbsError == plain.maxAbsError)
+        let calls = overlapped.timings.first { $0.name == "sequence_model_parallel_all_to_all_4D (2,1)" }?.calls
+        #expect(calls == 3 * world, "\(overlapped.timings)")
+    }
+
     @Test("fvd demo --verbose logs each rank's layout and one line per collective on stderr; without it, nothing")
     func verbose() throws {
         let quiet = try runFVD(["demo"])

@@ -312,6 +312,9 @@ protocol DemoCommunicator {
     func tensorModelParallelAllReduce(_ input: Tensor) throws -> Tensor
     func sequenceModelParallelShard(_ input: Tensor, dim: Int) throws -> (shard: Tensor, originalLength: Int)
     func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?) throws -> Tensor
+    /// The `(2, 1)` all-to-all in `chunks` groups of the received heads, all started at
+    /// once; each closure waits for its chunk.
+    func startSequenceModelParallelAllToAll4D(_ input: Tensor, split: AllToAllSplit?, chunks: Int) -> [() throws -> Tensor]
     func sequenceModelParallelAllGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor
 }
 
@@ -326,6 +329,10 @@ struct DemoLocal: DemoCommunicator {
     }
     func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?) throws -> Tensor {
         input
+    }
+    /// One chunk holding every head: nothing to overlap on one rank.
+    func startSequenceModelParallelAllToAll4D(_ input: Tensor, split: AllToAllSplit?, chunks: Int) -> [() throws -> Tensor] {
+        [{ input }]
     }
     func sequenceModelParallelAllGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor {
         input
@@ -347,8 +354,12 @@ enum DemoBlock {
     /// `x += gate1 · (attn @ Wo)`; (3) all-gather the sequence (unpadded);
     /// (4) Megatron MLP over TP: `gelu(h @ W1_cols) @ W2_rows`, all-reduced,
     /// `x += gate2 · mlp`.
+    ///
+    /// With `overlapChunks` > 1, the q/k/v all-to-all runs in that many groups of heads,
+    /// started at once, and attention on each group starts as soon as it has arrived, while
+    /// the next is still being exchanged.
     static func forward(
-        sample: DemoSample, weights: DemoWeights, shape: DemoShape, comm: some DemoCommunicator
+        sample: DemoSample, weights: DemoWeights, shape: DemoShape, comm: some DemoCommunicator, overlapChunks: Int = 1
     ) throws -> DemoMatrix {
         let c = shape.hidden, heads = shape.heads, headDim = shape.headDim
 
@@ -374,16 +385,38 @@ enum DemoBlock {
         let qkv = DemoMath.matmul(h, weights.wq).data + DemoMath.matmul(h, weights.wk).data
             + DemoMath.matmul(h, weights.wv).data
         // The uneven split: any head count works (30 heads on 4 ranks go 8, 8, 7, 7).
-        let gathered = try comm.sequenceModelParallelAllToAll4D(
-            Tensor(shape: [3, localTokens, heads, headDim], scalars: qkv), scatterDim: 2, gatherDim: 1, split: .balanced)
-        let fullTokens = gathered.shape[1], localHeads = gathered.shape[2]
-        let perTensor = fullTokens * localHeads * headDim
-        let attended = try gathered.withUnsafeBufferPointer(as: Float.self) { all in
-            DemoMath.attention(
-                q: UnsafeBufferPointer(rebasing: all[0..<perTensor]),
-                k: UnsafeBufferPointer(rebasing: all[perTensor..<(2 * perTensor)]),
-                v: UnsafeBufferPointer(rebasing: all[(2 * perTensor)..<(3 * perTensor)]),
-                seq: fullTokens, heads: localHeads, headDim: headDim, validKeys: length)
+        let qkvTensor = try Tensor(shape: [3, localTokens, heads, headDim], scalars: qkv)
+        let chunks = overlapChunks > 1
+            ? comm.startSequenceModelParallelAllToAll4D(qkvTensor, split: .balanced, chunks: overlapChunks)
+            : [{ try comm.sequenceModelParallelAllToAll4D(qkvTensor, scatterDim: 2, gatherDim: 1, split: .balanced) }]
+        // Attention on each group of heads as it arrives, into [fullTokens, localHeads, headDim].
+        var parts: [(heads: Int, values: [Float])] = []
+        var fullTokens = 0
+        for chunk in chunks {
+            let gathered = try chunk()
+            fullTokens = gathered.shape[1]
+            let chunkHeads = gathered.shape[2], perTensor = fullTokens * chunkHeads * headDim
+            parts.append((chunkHeads, try gathered.withUnsafeBufferPointer(as: Float.self) { all in
+                DemoMath.attention(
+                    q: UnsafeBufferPointer(rebasing: all[0..<perTensor]),
+                    k: UnsafeBufferPointer(rebasing: all[perTensor..<(2 * perTensor)]),
+                    v: UnsafeBufferPointer(rebasing: all[(2 * perTensor)..<(3 * perTensor)]),
+                    seq: fullTokens, heads: chunkHeads, headDim: headDim, validKeys: length)
+            }))
+        }
+        let localHeads = parts.reduce(0) { $0 + $1.heads }
+        var attended = parts.count == 1 ? parts[0].values : [Float](repeating: 0, count: fullTokens * localHeads * headDim)
+        if parts.count > 1 {
+            var start = 0
+            for part in parts {
+                for t in 0..<fullTokens {
+                    let row = part.heads * headDim
+                    attended.replaceSubrange(
+                        (t * localHeads + start) * headDim..<((t * localHeads + start) * headDim + row),
+                        with: part.values[(t * row)..<((t + 1) * row)])
+                }
+                start += part.heads
+            }
         }
         let back = try comm.sequenceModelParallelAllToAll4D(
             Tensor(shape: [1, fullTokens, localHeads, headDim], scalars: attended), scatterDim: 1, gatherDim: 2, split: .balanced)

@@ -61,11 +61,22 @@ struct DemoCommand: ParsableCommand {
     @Flag(help: "Log the step's collectives (FVD_LOG_LEVEL=debug for this step): each rank's group layout and one line per collective with its shape, bytes, time and GB/s, on stderr.")
     var verbose = false
 
+    @Flag(help: "Overlap attention with the all-to-all: exchange q/k/v in --chunks groups of heads, started at once, and attend to each group as it arrives.")
+    var overlap = false
+
+    @Option(help: "Groups of heads with --overlap.")
+    var chunks: Int = 4
+
+    func validate() throws {
+        guard chunks >= 1 else { throw ValidationError("--chunks must be at least 1, got \(chunks)") }
+    }
+
     func run() throws {
         var config = DemoConfiguration(
             worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp, frames: frames, height: height,
             width: width, hidden: hidden ?? 16 * heads, heads: heads, seed: seed, timeout: timeout, tolerance: tolerance)
         config.verbose = verbose
+        config.overlapChunks = overlap ? chunks : 1
         let report: DemoReport
         var placement = RankPlacement.inProcess
         do {

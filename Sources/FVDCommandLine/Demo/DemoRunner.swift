@@ -42,6 +42,10 @@ public struct DemoConfiguration: Sendable, Equatable {
     /// line per collective, through the process's logging backend (stderr by default).
     public var verbose = false
 
+    /// Exchange q/k/v in this many groups of heads, started at once, so attention on one
+    /// group overlaps the exchange of the next (`fvd demo --overlap`); 1: one exchange.
+    public var overlapChunks = 1
+
     /// Test hook: change one element of one rank's share of the weights, to prove the check can fail.
     var perturbation: DemoPerturbation?
 
@@ -172,7 +176,7 @@ public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProce
         if let fault = config.perturbation, fault.rank == comm.rank { shard.perturb(fault) }
         let timed = DemoTimedCollectives(state: state)
         let output = try state.withCurrent {
-            try DemoBlock.forward(sample: sample, weights: shard, shape: shape, comm: timed)
+            try DemoBlock.forward(sample: sample, weights: shard, shape: shape, comm: timed, overlapChunks: config.overlapChunks)
         }
         return DemoRankResult(output: output, records: timed.records, rankMap: comm.rank == 0 ? state.describe() : "")
     }
@@ -273,6 +277,20 @@ private final class DemoTimedCollectives: DemoCommunicator {
     func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?) throws -> Tensor {
         try timed("sequence_model_parallel_all_to_all_4D (\(scatterDim),\(gatherDim))", input) {
             try FastVideoDistributed.sequenceModelParallelAllToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split)
+        }
+    }
+
+    /// Each chunk's wait is timed: with overlap, that is the exchange time attention did not hide.
+    func startSequenceModelParallelAllToAll4D(_ input: Tensor, split: AllToAllSplit?, chunks: Int) -> [() throws -> Tensor] {
+        state.sequenceParallel.startAllToAll4D(input, split: split, chunks: chunks).map { handle in
+            {
+                let start = self.clock.now
+                let part = try handle.wait()
+                self.records.append(
+                    DemoCollectiveRecord(
+                        name: "sequence_model_parallel_all_to_all_4D (2,1)", bytes: input.byteCount / chunks, duration: self.clock.now - start))
+                return part
+            }
         }
     }
 

@@ -222,6 +222,11 @@ private func runExtras(_ world: GroupCoordinator, worldSize n: Int) throws -> [T
     results.append(try world.allToAll4D(spread, scatterDim: 1, gatherDim: 2, split: AllToAllSplit(sequence: lengths)))
     // 2 key/value heads for 6 query heads, replicated where ranks outnumber them.
     results.append(try world.allToAll4D(try randomBytes([1, me + 1, 2, 4], .float32, seed: UInt64(me)), split: AllToAllSplit(queryHeads: 6)))
+    // Started collectives, on the coordinator's own thread, around a direct one: 3 chunks of the first all-to-all.
+    let chunks = world.startAllToAll4D(try randomBytes([2, me + 1, 7, 3], .bfloat16, seed: UInt64(me)), split: .balanced, chunks: 3)
+    let sum = world.startAllReduce(try input(rank: me, shape: [5, n], dtype: .float32, salt: 77))
+    results.append(try world.allGather(try randomBytes([2, 2], .int64, seed: UInt64(me)), dim: 1))
+    results += try chunks.map { try $0.wait() } + [try sum.wait()]
     func ring(_ send: () throws -> Void, _ receive: () throws -> Void) throws {
         if me % 2 == 0 {
             try send()

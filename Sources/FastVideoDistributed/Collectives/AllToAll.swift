@@ -67,17 +67,41 @@ extension GroupCoordinator {
     ///   scattered dimension divisible by the group size); else the uneven or
     ///   grouped-query split (see ``AllToAllSplit``).
     public func allToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil) throws -> Tensor {
+        try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil)
+    }
+
+    /// The all-to-all, or with `headChunk` (`k` of `count`) only the `k`-th of `count`
+    /// balanced groups of each receiver's heads (``startAllToAll4D(_:split:chunks:)``).
+    func allToAll4D(
+        _ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit?, headChunk: (index: Int, count: Int)?
+    ) throws -> Tensor {
         let name = "all_to_all_4D"
-        if size == 1 {
-            _ = try allToAllPlan(shapes: [input.shape], scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name)
-            return input
+        func chunked(_ plan: Layout.AllToAll4D) throws -> Layout.AllToAll4D {
+            guard let (k, count) = headChunk else { return plan }
+            guard plan.scatterHeads else {
+                throw FVDError.invalidArgument("\(name): chunks split the heads a rank receives: scatter_dim 2, gather_dim 1 only")
+            }
+            var chunk = plan
+            for r in plan.heads.indices {
+                let sizes = AllToAllSplit.balanced(plan.heads[r], parts: count)
+                chunk.heads[r] = sizes[k]
+                chunk.headStart[r] = plan.headStart[r] + Layout.offsets(of: sizes)[k]
+            }
+            return chunk
         }
-        let text = "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)" + (split.map { ", split \($0)" } ?? "")
-        return try collective(
-            name, input, arguments: [dimKey(scatterDim, 4), dimKey(gatherDim, 4)] + (split?.arguments ?? []), text: text
-        ) { _ in
+        if size == 1 {
+            let plan = try chunked(
+                try allToAllPlan(shapes: [input.shape], scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name))
+            guard headChunk != nil else { return input }
+            return try Tensor.slice(input, dim: 2, range: plan.headStart[0]..<(plan.headStart[0] + plan.heads[0]))
+        }
+        let chunkText = headChunk.map { ", chunk \($0.index) of \($0.count)" } ?? ""
+        let text = "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)" + (split.map { ", split \($0)" } ?? "") + chunkText
+        let arguments = [dimKey(scatterDim, 4), dimKey(gatherDim, 4)] + (split?.arguments ?? []) + (headChunk.map { [-2, $0.index, $0.count] } ?? [])
+        return try collective(name, input, arguments: arguments, text: text) { _ in
             let shapes = (0..<size).map { channel.header(of: $0).shape }
-            let plan = try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name)
+            let plan = try chunked(
+                try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name))
             let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)
             try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
                 plan.copy(from: j, to: destination)

@@ -32,6 +32,17 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     let links = Locked<[Int: any PeerMemoryChannel]>([:])
     /// The metrics of each operation run on this group, made on first use.
     private let instruments = Locked<[String: CollectiveInstruments]>([:])
+    /// The thread of started collectives (``start(_:)``), made on first use.
+    private let lanes = Locked<AsyncLane?>(nil)
+
+    var lane: AsyncLane {
+        lanes.withLock { lane in
+            if let lane { return lane }
+            let made = AsyncLane(label: "fvd.\(name).rank\(rank)")
+            lane = made
+            return made
+        }
+    }
 
     init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) throws {
         self.name = name
@@ -94,6 +105,8 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         output: Tensor? = nil, on channel: (any PeerMemoryChannel)? = nil, payload: ((R) -> Int)? = nil,
         _ body: (_ call: Int) throws -> R
     ) throws -> R {
+        // Started collectives are pending: this call comes after them.
+        if let lane = lanes.withLock({ $0 }), lane.mustDrain { lane.drain() }
         let channel = channel ?? self.channel
         let recorder = flightRecorder
         let call = channel.nextCall
