@@ -63,9 +63,14 @@ extension GroupCoordinator {
     /// The Ulysses all-to-all of a `[B, S, H, D]` tensor (see
     /// ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:split:)``).
     ///
-    /// - Parameter split: `nil` for FastVideo's even all-to-all (equal shapes, the
-    ///   scattered dimension divisible by the group size); else the uneven or
-    ///   grouped-query split (see ``AllToAllSplit``).
+    /// - Parameters:
+    ///   - input: `[B, S, H, D]`: a sequence shard with every head for `(2, 1)`, a slice of
+    ///     the heads with the whole sequence for `(1, 2)`.
+    ///   - scatterDim: 2 (heads) or 1 (sequence); negative counts from the end.
+    ///   - gatherDim: 1 or 2, the other one.
+    ///   - split: `nil` for FastVideo's even all-to-all (equal shapes, the scattered
+    ///     dimension divisible by the group size); else the uneven or grouped-query split
+    ///     (see ``AllToAllSplit``).
     public func allToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil) throws -> Tensor {
         try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil)
     }
