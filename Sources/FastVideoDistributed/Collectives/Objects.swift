@@ -157,18 +157,14 @@ extension GroupCoordinator {
     /// `input` is not read (pass ``Tensor/empty``).
     func broadcastAnyShape(_ input: Tensor, from root: Int, op: String) throws -> Tensor {
         if size == 1 {
-            guard root == 0 else {
-                throw FVDError.invalidArgument("\(op): root \(root) is not a rank of group \(description) (0..<1)")
-            }
+            try checkRoot(root, op: op)
             return input
         }
         return try collective(
             op, kind: "broadcast_any", input, arguments: [root], text: "root=\(root)",
             payload: { $0.byteCount }
         ) { _ in
-            guard (0..<size).contains(root) else {
-                throw FVDError.invalidArgument("\(op): root \(root) is not a rank of group \(description) (0..<\(size))")
-            }
+            try checkRoot(root, op: op)
             return rankInGroup == root ? input : try copyOfInput(of: root, on: channel)
         }
     }
