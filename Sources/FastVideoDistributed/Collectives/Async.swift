@@ -14,10 +14,10 @@ public final class CollectiveHandle<Value: Sendable>: Sendable {
 
     init() {}
 
-    /// A handle whose work has already finished with `value`.
-    public static func completed(_ value: Value) -> CollectiveHandle {
+    /// A handle whose work failed before it could start.
+    static func failed(_ error: any Error) -> CollectiveHandle {
         let handle = CollectiveHandle()
-        handle.finish(.success(value))
+        handle.finish(.failure(error))
         return handle
     }
 
@@ -113,7 +113,7 @@ extension GroupCoordinator {
     /// `operation` gets this coordinator and may call any collective on it, e.g.
     /// `group.start { try $0.allGather(x, dim: 1) }`. Started collectives run one after
     /// the other on a thread of this coordinator, in the order they were started, and a
-    /// collective called directly while some are pending runs after them, so every rank
+    /// collective called directly while some are pending waits for them first, so every rank
     /// still makes its calls on the group in program order. Errors surface at
     /// ``CollectiveHandle/wait()``. Wait for every handle before the rank's work returns.
     public func start<Value: Sendable>(_ operation: @escaping @Sendable (GroupCoordinator) throws -> Value) -> CollectiveHandle<Value> {
@@ -154,10 +154,7 @@ extension GroupCoordinator {
     ///   ``FVDError/invalidArgument(_:)`` for `chunks < 1`.
     public func startAllToAll4D(_ input: Tensor, split: AllToAllSplit? = nil, chunks: Int) -> [CollectiveHandle<Tensor>] {
         guard chunks >= 1 else {
-            let error = FVDError.invalidArgument("all_to_all_4D: chunks must be at least 1, got \(chunks)")
-            let handle = CollectiveHandle<Tensor>()
-            handle.finish(.failure(error))
-            return [handle]
+            return [.failed(FVDError.invalidArgument("all_to_all_4D: chunks must be at least 1, got \(chunks)"))]
         }
         return (0..<chunks).map { k in start { try $0.allToAll4D(input, split: split, headChunk: (k, chunks)) } }
     }

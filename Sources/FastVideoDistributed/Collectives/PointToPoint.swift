@@ -83,13 +83,9 @@ extension GroupCoordinator {
 
     /// The link from group rank `source` to group rank `destination`, made on first use.
     private func link(from source: Int, to destination: Int) throws -> any PeerMemoryChannel {
-        try links.withLock { links in
-            let key = source * size + destination
-            if let made = links[key] { return made }
-            let made = try factory.makePointToPointChannel(
+        try links.value(for: source * size + destination) {
+            try factory.makePointToPointChannel(
                 group: name, groupMembers: ranks, source: ranks[source], destination: ranks[destination], rank: rank)
-            links[key] = made
-            return made
         }
     }
 }

@@ -135,12 +135,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     }
 
     private func instruments(for op: String) -> CollectiveInstruments {
-        instruments.withLock { cache in
-            if let made = cache[op] { return made }
-            let made = CollectiveInstruments(op: op, group: name, rank: rank)
-            cache[op] = made
-            return made
-        }
+        instruments.value(for: op) { CollectiveInstruments(op: op, group: name, rank: rank) }
     }
 
     private func runCollective<R>(

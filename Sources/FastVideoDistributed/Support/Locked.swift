@@ -31,3 +31,15 @@ final class Locked<Value>: @unchecked Sendable {
         return try body(&value)
     }
 }
+
+extension Locked {
+    /// The value cached under `key`, made by `make` (under the lock) the first time.
+    func value<Key: Hashable, Cached>(for key: Key, make: () throws -> Cached) rethrows -> Cached where Value == [Key: Cached] {
+        try withLock { cache in
+            if let made = cache[key] { return made }
+            let made = try make()
+            cache[key] = made
+            return made
+        }
+    }
+}

@@ -36,12 +36,7 @@ extension ChannelFactory {
             return InProcessWorldState(size: 1, timeout: 0).makeChannel(name: name, members: [0], rank: 0)
         }
         let key = "\(name) \(members)"
-        return channel(try cache.withLock { groups in
-            if let g = groups[key] { return g }
-            let g = try make(key)
-            groups[key] = g
-            return g
-        })
+        return channel(try cache.value(for: key) { try make(key) })
     }
 }
 
