@@ -47,10 +47,13 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "fvd", dependencies: ["FVDCommandLine"]),
+        // Test support: counts each thread's heap allocations (the hot-path allocation test).
+        .target(name: "CFVDAllocationCounter", path: "Tests/CFVDAllocationCounter"),
         .testTarget(
             name: "FastVideoDistributedTests",
             dependencies: [
                 "FastVideoDistributed",
+                "CFVDAllocationCounter",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -53,12 +53,12 @@ extension ParallelState {
     ///
     /// Output `shape[dim] = tp × input.shape[dim]`, inputs concatenated in TP-rank order.
     public func tensorModelParallelAllGather(_ input: Tensor, dim: Int = -1) throws -> Tensor {
-        try tensorParallel.allGather(input, dim: dim, op: "tensor_model_parallel_all_gather")
+        try tensorParallel.allGather(input, dim: dim, op: .tensorModelParallelAllGather)
     }
 
     /// `sequence_model_parallel_all_gather`: ``GroupCoordinator/allGather(_:dim:)`` on the SP group.
     public func sequenceModelParallelAllGather(_ input: Tensor, dim: Int = -1) throws -> Tensor {
-        try sequenceParallel.allGather(input, dim: dim, op: "sequence_model_parallel_all_gather")
+        try sequenceParallel.allGather(input, dim: dim, op: .sequenceModelParallelAllGather)
     }
 
     /// `sequence_model_parallel_all_to_all_4D`: the Ulysses all-to-all on the SP group.

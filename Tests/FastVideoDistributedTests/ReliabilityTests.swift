@@ -96,8 +96,9 @@ struct ReliabilityTests {
     func ring() throws {
         let recorder = FlightRecorder(rank: 5, capacity: 4, directory: nil, printsOnBreak: false)
         #expect(recorder.records.isEmpty)
+        let label = recorder.label("sp0 [4, 5]")
         for i in 0..<10 {
-            let sequence = recorder.begin(op: "all_gather", group: "sp0 [4, 5]", call: i, shape: [i], dtype: .bfloat16)
+            let sequence = recorder.begin(op: .allGather, label: label, call: i, shape: [i], dtype: .bfloat16)
             #expect(sequence == i)
             if i != 9 { recorder.end(sequence, error: i == 7 ? FVDError.invalidArgument("boom") : nil) }
         }

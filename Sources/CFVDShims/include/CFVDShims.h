@@ -3,12 +3,16 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
-// Sequentially consistent atomics on plain words in memory we allocate ourselves
-// (heap for the in-process transport, a shared mapping later). Swift's `Atomic`
-// has no stable address, which futex needs.
+// Atomics on plain words in memory we allocate ourselves (heap or anonymous memory for
+// the in-process transport, a shared mapping across processes). Swift's `Atomic` has no
+// stable address, which futex and shared memory need.
 static inline uint64_t fvd_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void fvd_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+/// Relaxed forms: no ordering, only freedom from torn reads (flight-recorder fields).
+static inline uint64_t fvd_atomic_load_relaxed_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void fvd_atomic_store_relaxed_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint32_t fvd_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline uint32_t fvd_atomic_add_u32(uint32_t *p, uint32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t fvd_atomic_sub_u32(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_SEQ_CST); }
@@ -18,22 +22,29 @@ static inline uint64_t fvd_atomic_add_u64(uint64_t *p, uint64_t v) { return __at
 static inline int fvd_atomic_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
+/// A full (sequentially consistent) fence: orders a store before a later load.
+static inline void fvd_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
 static inline void fvd_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
-/// shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); returns the fd or -errno.
-int fvd_shm_create_or_open(const char *name);
-/// Allocates the pages of [offset, offset + length) of `fd` (posix_fallocate); 0 or an errno
-/// (ENOSPC when /dev/shm is full), so a later write cannot die of SIGBUS.
-int fvd_fallocate(int fd, int64_t offset, int64_t length);
-/// Gives the pages of [offset, offset + length) of `fd` back (punches a hole; the size stays); 0 or an errno.
-int fvd_punch_hole(int fd, int64_t offset, int64_t length);
-/// shm_unlink(name); returns 0 or -errno.
-int fvd_shm_unlink(const char *name);
-
 #endif
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
+static inline uint64_t fvd_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/// CLOCK_REALTIME in nanoseconds since 1970.
+static inline uint64_t fvd_wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /// Sleeps while `*addr == expected`, at most `timeout_ns` (< 0: no limit).

@@ -71,7 +71,7 @@ extension GroupCoordinator {
     ///   not split into the group size along `dim`.
     public func gatherVJP(_ gradient: Tensor?, to root: Int = 0, dim: Int = -1) throws -> Tensor {
         let op = "gather_vjp"
-        let whole = try broadcastAnyShape(rankInGroup == root ? gradient ?? Tensor.empty : Tensor.empty, from: root, op: op)
+        let whole = try broadcastAnyShape(rankInGroup == root ? gradient ?? Tensor.empty : Tensor.empty, from: root, op: .gatherVJP)
         let d = try Layout.normalize(dim: dim, ndim: whole.rank, op: op)
         guard whole.shape[d] % size == 0 else { throw FVDError.indivisible(op: op, dim: d, size: whole.shape[d], parts: size) }
         let part = whole.shape[d] / size

@@ -57,6 +57,28 @@ public struct AllToAllSplit: Sendable, Equatable, CustomStringConvertible {
         func list(_ sizes: [Int]?) -> [Int] { sizes.map { [$0.count] + $0 } ?? [-1] }
         return [1] + list(sequence) + list(heads) + [queryHeads ?? -1]
     }
+
+    /// The all-to-all's header arguments as its errors show them: the dims, the split and
+    /// the chunk (see ``GroupCoordinator/allToAll4D(_:scatterDim:gatherDim:split:headChunk:)``).
+    static func describe(arguments a: [Int]) -> String {
+        var text = "scatter_dim=\(a.first.map(String.init) ?? "?"), gather_dim=\(a.count > 1 ? String(a[1]) : "?")"
+        var at = 2
+        func take() -> Int? {
+            defer { at += 1 }
+            return at < a.count ? a[at] : nil
+        }
+        func list() -> [Int]? {
+            guard let count = take(), count >= 0 else { return nil }
+            return (0..<count).compactMap { _ in take() }
+        }
+        if at < a.count, a[at] == 1 {
+            _ = take()
+            let split = AllToAllSplit(sequence: list(), heads: list(), queryHeads: take().flatMap { $0 < 0 ? nil : $0 })
+            text += ", split \(split)"
+        }
+        if at + 2 < a.count, a[at] == -2 { text += ", chunk \(a[at + 1]) of \(a[at + 2])" }
+        return text
+    }
 }
 
 extension GroupCoordinator {
@@ -100,11 +122,10 @@ extension GroupCoordinator {
             guard headChunk != nil else { return input }
             return try Tensor.slice(input, dim: 2, range: plan.headStart[0]..<(plan.headStart[0] + plan.heads[0]))
         }
-        let chunkText = headChunk.map { ", chunk \($0.index) of \($0.count)" } ?? ""
-        let text = "scatter_dim=\(scatterDim), gather_dim=\(gatherDim)" + (split.map { ", split \($0)" } ?? "") + chunkText
-        let arguments = [dimKey(scatterDim, 4), dimKey(gatherDim, 4)] + (split?.arguments ?? []) + (headChunk.map { [-2, $0.index, $0.count] } ?? [])
-        return try collective(name, input, arguments: arguments, text: text) { _ in
-            let shapes = (0..<size).map { channel.header(of: $0).shape }
+        var arguments = ArgumentList(dimKey(scatterDim, 4), dimKey(gatherDim, 4))
+        for a in (split?.arguments ?? []) + (headChunk.map { [-2, $0.index, $0.count] } ?? []) { arguments.append(a) }
+        return try collective(.allToAll4D, input, arguments: arguments) { _ in
+            let shapes = (0..<size).map { channel.slot(of: $0).shape }
             let plan = try chunked(
                 try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name))
             let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)

@@ -24,65 +24,99 @@ func pullFromEveryMember(
     let streaming = totalBytes >= streamingThresholdBytes
     for k in 0..<n {
         let j = (channel.index + k) % n
-        execute(plan(j, channel.index), from: channel.buffers(of: j).input, to: destination, streaming: streaming)
+        execute(plan(j, channel.index), from: channel.input(of: j), to: destination, streaming: streaming)
     }
 }
 
-/// Runs one collective call: publish the header and buffers, rendezvous, check that
-/// every rank called the same thing, run `body` (which may read the peers' buffers),
-/// and rendezvous again so no rank leaves while a peer still reads its memory.
+/// Runs one collective call: publish this rank's slot (its input inline when small, else
+/// where to read it), wait for every member's, check that every rank called the same
+/// thing, run `body` (which reads the peers' data through the channel), and, when some
+/// member's data was read in place, rendezvous again so no rank leaves while a peer still
+/// reads its memory. A call whose data all travelled inline needs that one rendezvous only.
 ///
 /// Argument checks belong in `body`: it runs after the headers agree, so a bad
 /// argument throws the same error on every rank, and the group stays usable.
+///
+/// `output` is a buffer the peers read in place (the large all-reduce's); `sends` is
+/// whether any peer reads this rank's input (not a broadcast's non-root, nor a receiver).
 func performCollective<R>(
-    on channel: any PeerMemoryChannel, header: CallHeader, buffers: PeerBuffers, body: () throws -> R
+    on channel: any PeerMemoryChannel, call: Int, op: CollectiveOp, input: Tensor, arguments: ArgumentList,
+    output: Tensor?, sends: Bool, body: () throws -> R
 ) throws -> R {
     try channel.checkHealthy()
-    try channel.publish(header, buffers)
-    channel.post(.arrived, call: header.call)
-    try channel.wait(.arrived, call: header.call, op: header.op)
+    let slot = channel.ownSlot(call: call)
+    let byteCount = input.byteCount
+    var payloadBytes = 0
+    var inputAddress: UInt64 = 0, outputAddress = CallSlot.noOutput
+    if sends, byteCount > CallSlot.payloadCapacity || output != nil {
+        // Large data is read in place: from memory the peers can address.
+        let storage = input.storage.isPeerVisible ? input.storage : input.storage.copy()
+        guard storage.isPeerVisible, output?.storage.isPeerVisible ?? true else {
+            let error = FVDError.invalidArgument(
+                "\(op.name): no room in shared memory for \(byteCount + (output?.byteCount ?? 0)) bytes "
+                    + "(/dev/shm is full, or the rank's heap is)")
+            channel.abort(error)
+            throw error
+        }
+        channel.keepAlive(input: storage, output: output?.storage)
+        payloadBytes = CallSlot.inPlace
+        inputAddress = channel.address(of: storage.pointer)
+        outputAddress = output.map { channel.address(of: $0.storage.pointer) } ?? CallSlot.noOutput
+    } else if sends, byteCount > 0 {
+        fvd_copy(slot.payload, input.storage.pointer, byteCount, 0)
+        payloadBytes = byteCount
+    }
+    slot.write(
+        op: op, dtype: input.dtype, shape: input.shape, arguments: arguments, payloadBytes: payloadBytes, input: inputAddress,
+        output: outputAddress)
+    try channel.publish(call: call)
+    try channel.waitArrival(call: call, op: op)
+
+    let n = channel.members.count
+    var agree = true, readInPlace = false
+    for j in 0..<n {
+        let peer = channel.slot(of: j)
+        if !peer.isInline { readInPlace = true }
+        if !peer.agrees(with: slot) { agree = false }
+    }
     let outcome: Result<R, any Error>
     do {
-        try checkAgreement(channel)
+        guard agree else { throw disagreement(channel) }
+        try channel.exchangeData()
         outcome = .success(try body())
     } catch let error as FVDError where error.breaksGroup {
         throw error
     } catch {
         outcome = .failure(error)
     }
-    channel.post(.done, call: header.call)
-    try channel.wait(.done, call: header.call, op: header.op)
-    channel.release()
+    if readInPlace {
+        channel.post(.done, call: call)
+        try channel.wait(.done, call: call, op: op)
+        channel.release()
+    }
     return try outcome.get()
 }
 
-/// Throws the same error on every rank when the published headers differ.
+/// The error every rank throws when the published headers of one call differ.
 ///
-/// The call numbers always agree here: a rank waits for its peers' post of the same
-/// call, and call numbers live in the group's shared progress words.
-private func checkAgreement(_ channel: any PeerMemoryChannel) throws {
-    let headers = (0..<channel.members.count).map(channel.header(of:))
-    if let error = disagreement(headers, ranks: channel.members, label: channel.label, index: channel.index) { throw error }
-}
-
-/// The error every rank throws when the headers of one call differ, or `nil` when they agree.
-func disagreement(_ headers: [CallHeader], ranks: [Int], label: String, index: Int) -> FVDError? {
-    let mine = headers[index]
-    if headers.contains(where: { $0.kind != mine.kind }) {
-        return .operationMismatch(group: label, ranks: ranks, operations: headers.map(\.op))
+/// The call numbers always agree here: a rank waits for its peers' slots of the same call.
+func disagreement(_ channel: any PeerMemoryChannel) -> FVDError {
+    let slots = (0..<channel.members.count).map(channel.slot(of:))
+    let mine = slots[channel.index], kind = mine.op.kind
+    let ranks = channel.members, label = channel.label
+    if slots.contains(where: { $0.op.kind != kind }) {
+        return .operationMismatch(group: label, ranks: ranks, operations: slots.map(\.op.name))
     }
     // Where the data's shape travels with it (send/recv, object broadcasts), only the
     // sending rank's header describes the data; where shapes may differ by rank, the
     // collective checks them.
-    if !CallHeader.dataTravelsKinds.contains(mine.kind), headers.contains(where: { $0.dtype != mine.dtype }) {
-        return .dtypeMismatch(op: mine.op, group: label, ranks: ranks, dtypes: headers.map(\.dtype))
+    if !kind.dataTravels, slots.contains(where: { $0.dtype != mine.dtype }) {
+        return .dtypeMismatch(op: mine.op.name, group: label, ranks: ranks, dtypes: slots.map(\.dtype))
     }
-    if !CallHeader.shapeCheckedInBodyKinds.contains(mine.kind), headers.contains(where: { $0.shape != mine.shape }) {
-        return .shapeMismatch(op: mine.op, group: label, ranks: ranks, shapes: headers.map(\.shape))
+    if kind.comparesShapes, slots.contains(where: { $0.ndim != mine.ndim || $0.shape != mine.shape }) {
+        return .shapeMismatch(op: mine.op.name, group: label, ranks: ranks, shapes: slots.map(\.shape))
     }
-    if headers.contains(where: { $0.arguments != mine.arguments }) {
-        return .argumentMismatch(op: mine.op, group: label, ranks: ranks, arguments: headers.map(\.argumentText))
-    }
-    return nil
+    return .argumentMismatch(
+        op: mine.op.name, group: label, ranks: ranks,
+        arguments: slots.map { $0.op.describe(arguments: $0.arguments, members: ranks) })
 }
-

@@ -1,3 +1,5 @@
+import CFVDShims
+
 /// The collectives, written once against ``PeerMemoryChannel``: each output byte is
 /// copied once, straight from the peer's input into its final place.
 extension GroupCoordinator {
@@ -11,8 +13,10 @@ extension GroupCoordinator {
     /// - Throws: ``FVDError/shapeMismatch(op:group:ranks:shapes:)`` and the other
     ///   mismatch errors on every rank; ``FVDError/unsupportedDType(op:dtype:reason:)``
     ///   for `average` of integers.
-    /// - Complexity: reads the input once and writes it once per rank (reduce-scatter in
-    ///   rank order, then all-gather of the reduced chunks).
+    /// - Complexity: up to 8 KiB per rank, one rendezvous: the inputs travel with the call
+    ///   headers and every rank reduces all of them itself, in rank order. Larger, each rank
+    ///   reads its chunk of every input in place and writes it once (reduce-scatter in rank
+    ///   order), then copies the other reduced chunks (all-gather), over three rendezvous.
     public func allReduce(_ input: Tensor, op: ReduceOp = .sum) throws -> Tensor {
         if size == 1 {
             try validateReduction(op, dtype: input.dtype, opName: "all_reduce")
@@ -37,40 +41,50 @@ extension GroupCoordinator {
             try validateReduction(op, dtype: tensor.dtype, opName: "all_reduce")
             return
         }
-        tensor.makeUniqueAndPeerVisible()
+        if Self.readsInPlace(tensor) { tensor.makeUniqueAndPeerVisible() } else { tensor.makeUnique() }
         try reduceAndShare(tensor, op: op, into: tensor)
     }
 
-    /// The all-reduce: each rank reduces its balanced chunk from every member's input in
-    /// rank order into `output`, then copies the other chunks from their owners' outputs.
-    /// `output` may be `input` itself: a rank writes only its own chunk while peers read
-    /// theirs, and copies peers' chunks only after every rank has reduced.
+    /// Whether a call's data is read in place by the peers rather than travelling inline
+    /// with its header (the same on every rank that passes the same shape and dtype).
+    static func readsInPlace(_ tensor: Tensor) -> Bool { tensor.byteCount > CallSlot.payloadCapacity }
+
+    /// The all-reduce. Small inputs travel inline and every rank reduces all of them into
+    /// `output`, in rank order. Large ones: each rank reduces its balanced chunk from every
+    /// member's input in rank order into `output`, then copies the other chunks from their
+    /// owners' outputs. `output` may be `input` itself: a rank writes only its own chunk while
+    /// peers read theirs, and copies peers' chunks only after every rank has reduced.
     private func reduceAndShare(_ input: Tensor, op: ReduceOp, into output: Tensor) throws {
-        let name = "all_reduce"
+        let inPlace = Self.readsInPlace(input)
         let es = input.dtype.byteSize
-        try collective(name, input, arguments: [op.code], text: "op=\(op)", output: output) { call in
-            try validateReduction(op, dtype: input.dtype, opName: name)
+        try collective(.allReduce, input, arguments: ArgumentList(op.code), output: inPlace ? output : nil) { call in
+            try validateReduction(op, dtype: input.dtype, opName: "all_reduce")
             if try channel.reduceByMessages(
                 op, dtype: input.dtype, input: input.storage.pointer, output: output.storage.pointer, count: input.count)
             {
                 return
             }
+            guard inPlace else {
+                reduceElements(op, dtype: input.dtype, into: output.storage.pointer, count: input.count, groupSize: size) {
+                    channel.input(of: $0)
+                }
+                return
+            }
             let ranges = Layout.balancedRanges(count: input.count, parts: size)
             let mine = ranges[rankInGroup]
             if !mine.isEmpty {
-                let sources = (0..<size).map { channel.buffers(of: $0).input + mine.lowerBound * es }
                 reduceElements(
-                    op, dtype: input.dtype, into: output.storage.pointer + mine.lowerBound * es,
-                    from: sources, count: mine.count, groupSize: size)
+                    op, dtype: input.dtype, into: output.storage.pointer + mine.lowerBound * es, count: mine.count, groupSize: size
+                ) { channel.input(of: $0) + mine.lowerBound * es }
             }
             channel.post(.reduced, call: call)
-            try channel.wait(.reduced, call: call, op: name)
+            try channel.wait(.reduced, call: call, op: .allReduce)
             for k in 1..<size {
                 let j = (rankInGroup + k) % size
                 let chunk = ranges[j]
                 let plan = StridedCopy.contiguous(
                     srcOffset: chunk.lowerBound * es, dstOffset: chunk.lowerBound * es, bytes: chunk.count * es)
-                execute(plan, from: channel.buffers(of: j).output!, to: output.storage.pointer, streaming: false)
+                execute(plan, from: channel.output(of: j)!, to: output.storage.pointer, streaming: false)
             }
         }
     }
@@ -83,16 +97,16 @@ extension GroupCoordinator {
     /// - Returns: the input's shape with `shape[dim]` multiplied by the group size.
     /// - Throws: ``FVDError/invalidDimension(op:dim:ndim:)`` and the mismatch errors, on every rank.
     public func allGather(_ input: Tensor, dim: Int = -1) throws -> Tensor {
-        try allGather(input, dim: dim, op: "all_gather")
+        try allGather(input, dim: dim, op: .allGather)
     }
 
-    func allGather(_ input: Tensor, dim: Int, op: String) throws -> Tensor {
+    func allGather(_ input: Tensor, dim: Int, op: CollectiveOp) throws -> Tensor {
         if size == 1 {
-            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: op)
+            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: op.name)
             return input
         }
-        return try collective(op, kind: "all_gather", input, arguments: [dimKey(dim, input.rank)], text: "dim=\(dim)") { _ in
-            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: op)
+        return try collective(op, input, arguments: ArgumentList(dimKey(dim, input.rank))) { _ in
+            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: op.name)
             return try concatenateMembers(input, dim: d)
         }
     }
@@ -113,9 +127,9 @@ extension GroupCoordinator {
             _ = try Layout.normalize(dim: dim, ndim: tensor.rank, op: name)
             return
         }
-        tensor.makeUniqueAndPeerVisible()
+        if Self.readsInPlace(tensor) { tensor.makeUniqueAndPeerVisible() } else { tensor.makeUnique() }
         let target = tensor
-        try collective(name, target, arguments: [dimKey(dim, target.rank)], text: "dim=\(dim)") { _ in
+        try collective(.allGatherInPlace, target, arguments: ArgumentList(dimKey(dim, target.rank))) { _ in
             let d = try Layout.normalize(dim: dim, ndim: target.rank, op: name)
             let (outer, total, inner) = Layout.split(target.shape, at: d)
             guard total % size == 0 else { throw FVDError.indivisible(op: name, dim: d, size: total, parts: size) }
@@ -157,9 +171,7 @@ extension GroupCoordinator {
             try validateReduction(op, dtype: input.dtype, opName: name)
             return input
         }
-        return try collective(
-            name, input, arguments: [dimKey(dim, input.rank), op.code], text: "dim=\(dim), op=\(op)"
-        ) { _ in
+        return try collective(.reduceScatter, input, arguments: ArgumentList(dimKey(dim, input.rank), op.code)) { _ in
             let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
             try validateReduction(op, dtype: input.dtype, opName: name)
             let (outer, full, inner) = Layout.split(input.shape, at: d)
@@ -169,12 +181,11 @@ extension GroupCoordinator {
             shape[d] = part
             let output = Tensor(uninitializedShape: shape, dtype: input.dtype)
             let es = input.dtype.byteSize, run = part * inner
-            let inputs = (0..<size).map { channel.buffers(of: $0).input }
             for o in 0..<outer {
                 let offset = (o * full + rankInGroup * part) * inner * es
-                reduceElements(
-                    op, dtype: input.dtype, into: output.storage.pointer + o * run * es,
-                    from: inputs.map { $0 + offset }, count: run, groupSize: size)
+                reduceElements(op, dtype: input.dtype, into: output.storage.pointer + o * run * es, count: run, groupSize: size) {
+                    channel.input(of: $0) + offset
+                }
             }
             return output
         }
@@ -196,7 +207,7 @@ extension GroupCoordinator {
             _ = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
             return input
         }
-        return try collective(name, input, arguments: [dimKey(dim, input.rank), root], text: "dim=\(dim), root=\(root)") { _ in
+        return try collective(.gather, input, arguments: ArgumentList(dimKey(dim, input.rank), root)) { _ in
             try checkRoot(root, op: name)
             let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
             return rankInGroup == root ? try concatenateMembers(input, dim: d) : nil
@@ -213,16 +224,21 @@ extension GroupCoordinator {
             try checkRoot(root, op: name)
             return input
         }
-        return try collective(name, input, arguments: [root], text: "root=\(root)") { _ in
+        return try collective(.broadcast, input, arguments: ArgumentList(root), sends: rankInGroup == root) { _ in
             try checkRoot(root, op: name)
-            return rankInGroup == root ? input : try copyOfInput(of: root, on: channel)
+            guard rankInGroup != root else { return input }
+            let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
+            let bytes = input.byteCount
+            fvd_copy(output.storage.pointer, channel.input(of: root), bytes, bytes >= streamingThresholdBytes ? 1 : 0)
+            if bytes >= streamingThresholdBytes { fvd_store_fence() }
+            return output
         }
     }
 
     /// Blocks until every member has called `barrier()`.
     public func barrier() throws {
         if size == 1 { return }
-        try collective("barrier", Tensor.empty) { _ in }
+        try collective(.barrier, Tensor.empty, sends: false) { _ in }
     }
 
     /// All-gather along `dim`, then keep the first `originalLength` entries along it
@@ -243,10 +259,7 @@ extension GroupCoordinator {
             let d = try check()
             return try Tensor.slice(input, dim: d, range: 0..<originalLength)
         }
-        return try collective(
-            name, input, arguments: [dimKey(dim, input.rank), originalLength],
-            text: "dim=\(dim), original_length=\(originalLength)"
-        ) { _ in
+        return try collective(.allGatherWithUnpad, input, arguments: ArgumentList(dimKey(dim, input.rank), originalLength)) { _ in
             try concatenateMembers(input, dim: try check(), keep: originalLength)
         }
     }

@@ -76,11 +76,10 @@ extension GroupCoordinator {
     ///   or a value JSON cannot encode (e.g. a `Double.nan`), or `root` is outside the
     ///   group; on a rank whose `T` cannot decode the root's JSON, there.
     public func broadcastObject<T: Codable & Sendable>(_ value: T?, from root: Int = 0) throws -> T {
-        let op = "broadcast_object"
         let payload = rankInGroup == root ? ObjectPayload.encode(value) : Tensor.empty
-        let received = try broadcastAnyShape(payload, from: root, op: op)
+        let received = try broadcastAnyShape(payload, from: root, op: .broadcastObject)
         if rankInGroup == root, received.dtype == .uint8, let value { return value }
-        return try ObjectPayload.decode(received, as: T.self, op: op, group: description, sender: ranks[root])
+        return try ObjectPayload.decode(received, as: T.self, op: "broadcast_object", group: description, sender: ranks[root])
     }
 
     /// Returns group rank `root`'s list on every rank (FastVideo's `broadcast_object_list`).
@@ -148,23 +147,20 @@ extension GroupCoordinator {
         let manifest = try broadcastObject(dict.map { Manifest(names: names!, metadata: $0.metadata) }, from: root)
         var tensors: [String: Tensor] = [:]
         for name in manifest.names {
-            tensors[name] = try broadcastAnyShape(rankInGroup == root ? dict!.tensors[name]! : Tensor.empty, from: root, op: "broadcast_tensor_dict")
+            tensors[name] = try broadcastAnyShape(rankInGroup == root ? dict!.tensors[name]! : Tensor.empty, from: root, op: .broadcastTensorDict)
         }
         return TensorDict(tensors, metadata: manifest.metadata)
     }
 
     /// Group rank `root`'s tensor, of any shape and dtype, on every rank; the others'
     /// `input` is not read (pass ``Tensor/empty``).
-    func broadcastAnyShape(_ input: Tensor, from root: Int, op: String) throws -> Tensor {
+    func broadcastAnyShape(_ input: Tensor, from root: Int, op: CollectiveOp) throws -> Tensor {
         if size == 1 {
-            try checkRoot(root, op: op)
+            try checkRoot(root, op: op.name)
             return input
         }
-        return try collective(
-            op, kind: "broadcast_any", input, arguments: [root], text: "root=\(root)",
-            payload: { $0.byteCount }
-        ) { _ in
-            try checkRoot(root, op: op)
+        return try collective(op, input, arguments: ArgumentList(root), sends: rankInGroup == root, payload: { $0.byteCount }) { _ in
+            try checkRoot(root, op: op.name)
             return rankInGroup == root ? input : try copyOfInput(of: root, on: channel)
         }
     }

@@ -20,10 +20,8 @@ extension GroupCoordinator {
     public func send(_ tensor: Tensor, to destination: Int? = nil) throws {
         let target = try linkPeer(destination ?? (rankInGroup + 1) % size, op: "send")
         let link = try self.link(from: rankInGroup, to: target)
-        let sender = link.members.firstIndex(of: rank)!
-        try collective(
-            "send", kind: "send_recv", tensor, arguments: [sender], text: "from rank \(rank) to rank \(ranks[target])", on: link
-        ) { _ in }
+        let sender = link.channel.members.firstIndex(of: rank)!
+        try collective(.send, tensor, arguments: ArgumentList(sender), on: link) { _ in }
     }
 
     /// Receives the next tensor group rank `source` sends to this rank.
@@ -42,29 +40,27 @@ extension GroupCoordinator {
     public func recv(from source: Int? = nil, shape: [Int]? = nil, dtype: DType? = nil) throws -> Tensor {
         let origin = try linkPeer(source ?? (rankInGroup - 1 + size) % size, op: "recv")
         let link = try self.link(from: origin, to: rankInGroup)
-        let sender = link.members.firstIndex(of: ranks[origin])!
-        return try collective(
-            "recv", kind: "send_recv", Tensor.empty, arguments: [sender], text: "from rank \(ranks[origin]) to rank \(rank)",
-            on: link, payload: { $0.byteCount }
-        ) { _ in
-            let sent = link.header(of: sender)
+        let channel = link.channel
+        let sender = channel.members.firstIndex(of: ranks[origin])!
+        return try collective(.recv, Tensor.empty, arguments: ArgumentList(sender), on: link, sends: false, payload: { $0.byteCount }) { _ in
+            let sent = channel.slot(of: sender)
             if let dtype, dtype != sent.dtype {
-                throw FVDError.dtypeMismatch(op: "recv", group: link.label, ranks: [ranks[origin], rank], dtypes: [sent.dtype, dtype])
+                throw FVDError.dtypeMismatch(op: "recv", group: channel.label, ranks: [ranks[origin], rank], dtypes: [sent.dtype, dtype])
             }
             if let shape, shape != sent.shape {
-                throw FVDError.shapeMismatch(op: "recv", group: link.label, ranks: [ranks[origin], rank], shapes: [sent.shape, shape])
+                throw FVDError.shapeMismatch(op: "recv", group: channel.label, ranks: [ranks[origin], rank], shapes: [sent.shape, shape])
             }
-            return try copyOfInput(of: sender, on: link)
+            return try copyOfInput(of: sender, on: channel)
         }
     }
 
     /// A new tensor holding member `index`'s input as its header describes it.
     func copyOfInput(of index: Int, on channel: any PeerMemoryChannel) throws -> Tensor {
-        let header = channel.header(of: index)
-        let bytes = try header.byteCount()
-        let output = Tensor(uninitializedShape: header.shape, dtype: header.dtype)
+        let slot = channel.slot(of: index)
+        let bytes = try slot.byteCount()
+        let output = Tensor(uninitializedShape: slot.shape, dtype: slot.dtype)
         execute(
-            .contiguous(srcOffset: 0, dstOffset: 0, bytes: bytes), from: channel.buffers(of: index).input,
+            .contiguous(srcOffset: 0, dstOffset: 0, bytes: bytes), from: channel.input(of: index),
             to: output.storage.pointer, streaming: bytes >= streamingThresholdBytes)
         return output
     }
@@ -81,11 +77,14 @@ extension GroupCoordinator {
         return peer
     }
 
-    /// The link from group rank `source` to group rank `destination`, made on first use.
-    private func link(from source: Int, to destination: Int) throws -> any PeerMemoryChannel {
-        try links.value(for: source * size + destination) {
-            try factory.makePointToPointChannel(
+    /// The link from group rank `source` to group rank `destination` (one of them this
+    /// rank), made on first use.
+    private func link(from source: Int, to destination: Int) throws -> Endpoint {
+        let sending = source == rankInGroup
+        return try (sending ? sendLinks : receiveLinks).element(sending ? destination : source) {
+            let channel = try factory.makePointToPointChannel(
                 group: name, groupMembers: ranks, source: ranks[source], destination: ranks[destination], rank: rank)
+            return Endpoint(channel, recorder: flightRecorder)
         }
     }
 }

@@ -15,16 +15,27 @@ public enum ReduceOp: String, Sendable, CaseIterable, Codable, CustomStringConve
     var code: Int { ReduceOp.allCases.firstIndex(of: self)! }
 }
 
-/// Reduces `count` elements from each of `sources` (in order) into `destination`.
+/// Reduces `count` elements from each of the `groupSize` sources `source(0)`,
+/// `source(1)`, … (in that order) into `destination`.
 ///
 /// `destination` may be one of the sources exactly (same address; each tile is read from
-/// every source before it is written), but must not partly overlap any. `groupSize` is the
-/// divisor of `average`.
+/// every source before it is written), but must not partly overlap any. `groupSize` is also
+/// the divisor of `average`.
 func reduceElements(
-    _ op: ReduceOp, dtype: DType, into destination: UnsafeMutableRawPointer,
-    from sources: [UnsafeRawPointer], count: Int, groupSize: Int
+    _ op: ReduceOp, dtype: DType, into destination: UnsafeMutableRawPointer, count: Int, groupSize: Int,
+    source: (Int) -> UnsafeRawPointer
 ) {
-    precondition(!sources.isEmpty)
+    precondition(groupSize > 0)
+    withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: groupSize) { buffer in
+        for j in 0..<groupSize { buffer.initializeElement(at: j, to: source(j)) }
+        reduceElements(op, dtype: dtype, into: destination, from: UnsafeBufferPointer(buffer), count: count, groupSize: groupSize)
+    }
+}
+
+private func reduceElements(
+    _ op: ReduceOp, dtype: DType, into destination: UnsafeMutableRawPointer,
+    from sources: UnsafeBufferPointer<UnsafeRawPointer>, count: Int, groupSize: Int
+) {
     switch dtype {
     case .float32:
         reduceFloating(op, Float.self, destination, sources, count, groupSize, load: { $0 }, store: { $0 })
@@ -54,26 +65,28 @@ func validateReduction(_ op: ReduceOp, dtype: DType, opName: String) throws {
     }
 }
 
-private let tileElements = 1024
+/// The accumulator tile: 1 KiB, which `withUnsafeTemporaryAllocation` always puts on the
+/// stack (larger sizes ask the system for the stack's bounds, which allocates).
+private let tileBytes = 1024
 
 /// Reduces through a small accumulator tile that stays in L1, reading each source once.
 @inline(__always)
 private func reduceTiled<T, A>(
     _: T.Type, _: A.Type,
-    _ destination: UnsafeMutableRawPointer, _ sources: [UnsafeRawPointer], _ count: Int,
+    _ destination: UnsafeMutableRawPointer, _ sources: UnsafeBufferPointer<UnsafeRawPointer>, _ count: Int,
     load: (T) -> A, store: (A) -> T, finish: ((A) -> A)? = nil, combine: (A, A) -> A
 ) {
     let dst = destination.assumingMemoryBound(to: T.self)
-    let srcs = sources.map { $0.assumingMemoryBound(to: T.self) }
+    let tileElements = tileBytes / MemoryLayout<A>.stride
     withUnsafeTemporaryAllocation(of: A.self, capacity: tileElements) { acc in
         let accBase = acc.baseAddress!
         var start = 0
         while start < count {
             let n = Swift.min(tileElements, count - start)
-            let first = srcs[0] + start
+            let first = sources[0].assumingMemoryBound(to: T.self) + start
             for i in 0..<n { (accBase + i).initialize(to: load(first[i])) }
-            for j in 1..<srcs.count {
-                let s = srcs[j] + start
+            for j in 1..<sources.count {
+                let s = sources[j].assumingMemoryBound(to: T.self) + start
                 for i in 0..<n { accBase[i] = combine(accBase[i], load(s[i])) }
             }
             let d = dst + start
@@ -90,7 +103,7 @@ private func reduceTiled<T, A>(
 @inline(__always)
 private func reduceFloating<T, A: BinaryFloatingPoint>(
     _ op: ReduceOp, _ type: T.Type,
-    _ destination: UnsafeMutableRawPointer, _ sources: [UnsafeRawPointer], _ count: Int, _ groupSize: Int,
+    _ destination: UnsafeMutableRawPointer, _ sources: UnsafeBufferPointer<UnsafeRawPointer>, _ count: Int, _ groupSize: Int,
     load: (T) -> A, store: (A) -> T
 ) {
     switch op {
@@ -115,7 +128,7 @@ private func reduceFloating<T, A: BinaryFloatingPoint>(
 @inline(__always)
 private func reduceInteger<T: FixedWidthInteger>(
     _ op: ReduceOp, _ type: T.Type,
-    _ destination: UnsafeMutableRawPointer, _ sources: [UnsafeRawPointer], _ count: Int
+    _ destination: UnsafeMutableRawPointer, _ sources: UnsafeBufferPointer<UnsafeRawPointer>, _ count: Int
 ) {
     switch op {
     case .sum, .average:  // average is rejected before any data moves

@@ -1,3 +1,4 @@
+import CFVDShims
 import Dispatch
 
 /// One process group as seen from one rank: FastVideo's `GroupCoordinator`.
@@ -27,22 +28,18 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
 
     let factory: any ChannelFactory
     let channel: any PeerMemoryChannel
-    /// The one-way links of ``send(_:to:)`` and ``recv(from:shape:dtype:)``, made on first
-    /// use, by `source * size + destination` (group ranks).
-    let links = Locked<[Int: any PeerMemoryChannel]>([:])
-    /// The metrics of each operation run on this group, made on first use.
-    private let instruments = Locked<[String: CollectiveInstruments]>([:])
+    /// The group's channel with its flight-recorder label.
+    let endpoint: Endpoint
+    /// The one-way links of ``send(_:to:)`` (by destination) and ``recv(from:shape:dtype:)``
+    /// (by source), made on first use.
+    let sendLinks: OnceTable<Endpoint>
+    let receiveLinks: OnceTable<Endpoint>
+    /// The metrics of each operation run on this group, made on first use (by op code).
+    private let instruments = OnceTable<CollectiveInstruments>(count: CollectiveOp.allCases.count)
     /// The thread of started collectives (``start(_:)``), made on first use.
-    private let lanes = Locked<AsyncLane?>(nil)
+    private let lanes = OnceTable<AsyncLane>(count: 1)
 
-    var lane: AsyncLane {
-        lanes.withLock { lane in
-            if let lane { return lane }
-            let made = AsyncLane(label: "fvd.\(name).rank\(rank)")
-            lane = made
-            return made
-        }
-    }
+    var lane: AsyncLane { lanes.element(0) { AsyncLane(label: "fvd.\(name).rank\(rank)") } }
 
     init(name: String, ranks: [Int], rank: Int, factory: any ChannelFactory) throws {
         self.name = name
@@ -51,6 +48,9 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         rankInGroup = ranks.firstIndex(of: rank)!
         self.factory = factory
         channel = try factory.makeChannel(name: name, members: ranks, rank: rank)
+        endpoint = Endpoint(channel, recorder: factory.flightRecorder(rank: rank))
+        sendLinks = OnceTable(count: ranks.count)
+        receiveLinks = OnceTable(count: ranks.count)
     }
 
     /// Number of ranks in the group (FastVideo's `world_size` of a group).
@@ -94,75 +94,78 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         return try GroupCoordinator(name: name, ranks: sorted, rank: rank, factory: factory)
     }
 
-    /// Runs one collective on `channel` (the group's, or a send/receive link) with its
+    /// Runs one collective on `endpoint` (the group's, or a send/receive link) with its
     /// next call number, recording it in the flight recorder, the log and the metrics.
     ///
-    /// `body` gets the call number and runs after every member has published a header equal to this one, so
-    /// argument checks inside it throw on every rank alike. `payload` gives the call's
-    /// bytes for the log and metrics from its result (default: the input's size).
+    /// `body` gets the call number and runs after every member has published a header
+    /// equal to this one, so argument checks inside it throw on every rank alike. `output`
+    /// is a buffer peers read in place (the large all-reduce's); `sends` is whether peers
+    /// read this rank's input at all. `payload` gives the call's bytes for the log and
+    /// metrics from its result (default: the input's size).
+    ///
+    /// The steady state of a small call takes no lock and allocates nothing here: codes
+    /// instead of strings, the header written into the rank's slot, texts built only for
+    /// errors and enabled logs.
     func collective<R>(
-        _ op: String, kind: String? = nil, _ input: Tensor, arguments: [Int] = [], text: String = "",
-        output: Tensor? = nil, on channel: (any PeerMemoryChannel)? = nil, payload: ((R) -> Int)? = nil,
-        _ body: (_ call: Int) throws -> R
+        _ op: CollectiveOp, _ input: Tensor, arguments: ArgumentList = ArgumentList(), output: Tensor? = nil,
+        on endpoint: Endpoint? = nil, sends: Bool = true, payload: ((R) -> Int)? = nil, _ body: (_ call: Int) throws -> R
     ) throws -> R {
         // Started collectives are pending: this call comes after them.
-        if let lane = lanes.withLock({ $0 }), lane.mustDrain { lane.drain() }
-        let channel = channel ?? self.channel
-        let recorder = flightRecorder
-        let call = channel.nextCall
-        let sequence = recorder.begin(op: op, group: channel.label, call: call, shape: input.shape, dtype: input.dtype)
-        Diagnostics.log(.trace, rank: rank, "begin \(op) \(channel.label) call #\(call) shape \(input.shape) \(input.dtype)")
-        let start = DispatchTime.now().uptimeNanoseconds
-        let metrics = instruments(for: op)
-        do {
-            let result = try runCollective(op, kind: kind, input, arguments: arguments, text: text, output: output, on: channel, body)
-            let elapsed = DispatchTime.now().uptimeNanoseconds &- start
-            recorder.end(sequence)
-            let bytes = payload?(result) ?? input.byteCount
-            metrics.calls.increment()
-            metrics.bytes.increment(by: bytes)
-            metrics.duration.recordNanoseconds(Int64(clamping: elapsed))
-            Diagnostics.log(.debug, rank: rank, collectiveLogLine(
-                op: op, group: channel.label, call: call, shape: input.shape, dtype: input.dtype, bytes: bytes, nanoseconds: elapsed))
-            return result
-        } catch {
-            recorder.end(sequence, error: error)
-            recorder.reportFailure(error)
-            metrics.failures.increment()
-            Diagnostics.log(.debug, rank: rank, "\(op) \(channel.label) call #\(call) failed: \(error)")
-            throw error
-        }
-    }
-
-    private func instruments(for op: String) -> CollectiveInstruments {
-        instruments.value(for: op) { CollectiveInstruments(op: op, group: name, rank: rank) }
-    }
-
-    private func runCollective<R>(
-        _ op: String, kind: String?, _ input: Tensor, arguments: [Int], text: String, output: Tensor?,
-        on channel: any PeerMemoryChannel, _ body: (_ call: Int) throws -> R
-    ) throws -> R {
+        if lanes.isMade(0), let lane = lanes.existing(0), lane.mustDrain { lane.drain() }
+        // Unretained: the caller's endpoint, or this coordinator's, outlives the call; and
+        // so do the objects the endpoint and its table hold (no reference counting per call).
+        unowned(unsafe) let endpoint = endpoint ?? self.endpoint
+        unowned(unsafe) let channel = endpoint.channel
         guard channel.enter() else {
             let error = FVDError.concurrentUse(group: description)
             channel.abort(error)
             throw error
         }
         defer { channel.leave() }
-        let call = channel.nextCall
-        let header = CallHeader(
-            op: op, kind: kind ?? op, dtype: input.dtype, shape: input.shape, arguments: arguments, argumentText: text, call: call)
-        // A multi-process peer can read only shared-heap memory: stage other inputs there (one copy).
-        let input = input.peerVisible
-        guard input.storage.isPeerVisible, output?.storage.isPeerVisible ?? true else {
-            let error = FVDError.invalidArgument(
-                "\(op): no room in shared memory for \(input.byteCount + (output?.byteCount ?? 0)) bytes "
-                    + "(/dev/shm is full, or the rank's heap is)")
-            channel.abort(error)
+        let call = channel.claimCall()
+        unowned(unsafe) let recorder = endpoint.recorder
+        let start = fvd_now_ns()
+        let sequence = recorder.begin(op: op, label: endpoint.label, call: call, shape: input.shape, dtype: input.dtype, at: start)
+        // Texts are built only when their level is on (a log call's closure would retain its captures).
+        if Diagnostics.logs(.trace) {
+            Diagnostics.log(.trace, rank: rank, "begin \(op.name) \(channel.label) call #\(call) shape \(input.shape) \(input.dtype)")
+        }
+        unowned(unsafe) let metrics = instruments.element(Int(op.rawValue)) {
+            CollectiveInstruments(op: op.name, group: name, rank: rank)
+        }
+        do {
+            let result = try performCollective(
+                on: channel, call: call, op: op, input: input, arguments: arguments, output: output, sends: sends
+            ) { try body(call) }
+            let end = fvd_now_ns()
+            recorder.end(sequence, at: end)
+            let bytes = payload?(result) ?? input.byteCount
+            metrics.record(bytes: bytes, nanoseconds: end &- start)
+            if Diagnostics.logs(.debug) {
+                Diagnostics.log(.debug, rank: rank, collectiveLogLine(
+                    op: op.name, group: channel.label, call: call, shape: input.shape, dtype: input.dtype, bytes: bytes,
+                    nanoseconds: end &- start))
+            }
+            return result
+        } catch {
+            recorder.end(sequence, at: fvd_now_ns(), error: error)
+            recorder.reportFailure(error)
+            metrics.failures.increment()
+            Diagnostics.log(.debug, rank: rank, "\(op.name) \(channel.label) call #\(call) failed: \(error)")
             throw error
         }
-        let buffers = PeerBuffers(
-            input: input.storage.pointer, output: output?.storage.pointer,
-            storage: [input.storage] + (output.map { [$0.storage] } ?? []))
-        return try performCollective(on: channel, header: header, buffers: buffers) { try body(call) }
+    }
+}
+
+/// A channel and the label its calls carry in this rank's flight recorder.
+final class Endpoint: Sendable {
+    let channel: any PeerMemoryChannel
+    let recorder: FlightRecorder
+    let label: FlightRecorder.Label
+
+    init(_ channel: any PeerMemoryChannel, recorder: FlightRecorder) {
+        self.channel = channel
+        self.recorder = recorder
+        label = recorder.label(channel.label)
     }
 }

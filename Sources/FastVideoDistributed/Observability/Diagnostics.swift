@@ -26,9 +26,9 @@ public enum Diagnostics {
     public static let loggerLabel = "fastvideo.distributed"
 
     private static let state = Locked<Logger?>(nil)
-    /// The index in `Logger.Level.allCases` of the logger's level, read without a lock
-    /// on every collective; -1 until the logger is made.
-    private static let levelIndex = Atomic<Int>(-1)
+    /// The ordinal (``ordinal(_:)``) of the logger's level, read without a lock on every
+    /// collective; -1 until the logger is made.
+    private static let levelOrdinal = Atomic<Int>(-1)
 
     /// The library's logger: made on first use with the level `FVD_LOG_LEVEL` names
     /// (`trace`, `debug`, `info`, `notice`, `warning`, `error`, `critical`), `info` when
@@ -37,17 +37,28 @@ public enum Diagnostics {
         get { state.withLock { current in current ?? makeLogger(&current) } }
         set {
             state.withLock { $0 = newValue }
-            levelIndex.store(Logger.Level.allCases.firstIndex(of: newValue.logLevel)!, ordering: .relaxed)
+            levelOrdinal.store(ordinal(newValue.logLevel), ordering: .relaxed)
         }
     }
 
     /// Whether messages of `level` are logged, without taking a lock once the logger exists.
     static func logs(_ level: Logger.Level) -> Bool {
-        var index = levelIndex.load(ordering: .relaxed)
-        if index < 0 {
-            index = Logger.Level.allCases.firstIndex(of: logger.logLevel)!
+        var current = levelOrdinal.load(ordering: .relaxed)
+        if current < 0 { current = ordinal(logger.logLevel) }
+        return ordinal(level) >= current
+    }
+
+    /// A level's place from `trace` (0) to `critical` (6), without building `allCases`.
+    private static func ordinal(_ level: Logger.Level) -> Int {
+        switch level {
+        case .trace: return 0
+        case .debug: return 1
+        case .info: return 2
+        case .notice: return 3
+        case .warning: return 4
+        case .error: return 5
+        case .critical: return 6
         }
-        return Logger.Level.allCases.firstIndex(of: level)! >= index
     }
 
     private static func makeLogger(_ slot: inout Logger?) -> Logger {
@@ -59,7 +70,7 @@ public enum Diagnostics {
             logger.warning("FVD_LOG_LEVEL=\(text) is not one of trace, debug, info, notice, warning, error, critical; using info")
         }
         slot = logger
-        levelIndex.store(Logger.Level.allCases.firstIndex(of: logger.logLevel)!, ordering: .relaxed)
+        levelOrdinal.store(ordinal(logger.logLevel), ordering: .relaxed)
         return logger
     }
 
@@ -71,7 +82,7 @@ public enum Diagnostics {
 }
 
 /// The metrics of one operation on one group and rank.
-struct CollectiveInstruments: Sendable {
+final class CollectiveInstruments: Sendable {
     let calls: Counter
     let bytes: Counter
     let failures: Counter
@@ -83,6 +94,13 @@ struct CollectiveInstruments: Sendable {
         bytes = Counter(label: "fvd.collective.bytes", dimensions: dimensions)
         failures = Counter(label: "fvd.collective.failures", dimensions: dimensions)
         duration = Metrics.Timer(label: "fvd.collective.duration", dimensions: dimensions)
+    }
+
+    /// Counts one completed call of `bytes` that took `nanoseconds`.
+    func record(bytes count: Int, nanoseconds: UInt64) {
+        calls.increment()
+        bytes.increment(by: count)
+        duration.recordNanoseconds(Int64(clamping: nanoseconds))
     }
 }
 

@@ -183,14 +183,13 @@ final class FaultInjectingFactory: ChannelFactory {
     }
 }
 
-/// A channel that forwards to another and injects its rank's faults at their calls.
+/// A channel that forwards to another and injects its rank's faults at their calls, when
+/// it publishes its slot (the call's arrival).
 final class FaultInjectingChannel: PeerMemoryChannel {
     let inner: any PeerMemoryChannel
     let group: String
     let faults: [Fault]
     let factory: FaultInjectingFactory
-    /// The call whose `.arrived` post is dropped, if any.
-    private let droppedCall = Atomic<Int>(-1)
 
     init(wrapping inner: any PeerMemoryChannel, group: String, faults: [Fault], factory: FaultInjectingFactory) {
         self.inner = inner
@@ -202,44 +201,48 @@ final class FaultInjectingChannel: PeerMemoryChannel {
     var members: [Int] { inner.members }
     var index: Int { inner.index }
     var label: String { inner.label }
-    var nextCall: Int { inner.nextCall }
 
-    func publish(_ header: CallHeader, _ buffers: PeerBuffers) throws {
+    func claimCall() -> Int { inner.claimCall() }
+    func ownSlot(call: Int) -> CallSlot { inner.ownSlot(call: call) }
+
+    func publish(call: Int) throws {
         let rank = members[index]
         let sequence = factory.nextSequence(of: rank)
-        var header = header
-        for fault in faults where fault.call == (fault.group == nil ? sequence : header.call) {
+        let slot = inner.ownSlot(call: call)
+        var dropped = false
+        for fault in faults where fault.call == (fault.group == nil ? sequence : call) {
             switch fault.action {
             case .delay(let seconds):
                 Thread.sleep(forTimeInterval: seconds)
             case .drop:
-                droppedCall.store(header.call, ordering: .relaxed)
+                dropped = true
             case .corruptHeader:
-                header.op = "<corrupt header>"
-                header.kind = "<corrupt header>"
+                slot.corrupt()
             case .fail:
-                throw FVDError.invalidArgument("injected failure on rank \(rank) at \(header.op) in group \(label) (call #\(header.call))")
+                throw FVDError.invalidArgument("injected failure on rank \(rank) at \(slot.op.name) in group \(label) (call #\(call))")
             case .exit(let status):
                 if factory.ranksAreProcesses { Foundation.exit(status) }
-                throw InjectedExit(rank: rank, op: header.op, group: label)
+                throw InjectedExit(rank: rank, op: slot.op.name, group: label)
             case .kill:
                 if factory.ranksAreProcesses { _ = kill(getpid(), SIGKILL) }
-                throw InjectedExit(rank: rank, op: header.op, group: label)
+                throw InjectedExit(rank: rank, op: slot.op.name, group: label)
             }
         }
-        try inner.publish(header, buffers)
+        // A dropped arrival: as if the message never reached the peers.
+        if !dropped { try inner.publish(call: call) }
     }
 
-    func post(_ phase: Phase, call: Int) {
-        if phase == .arrived, droppedCall.load(ordering: .relaxed) == call { return }
-        inner.post(phase, call: call)
-    }
-
-    func wait(_ phase: Phase, call: Int, op: String) throws { try inner.wait(phase, call: call, op: op) }
-    func header(of i: Int) -> CallHeader { inner.header(of: i) }
-    func buffers(of i: Int) -> PeerBuffers { inner.buffers(of: i) }
+    func slot(of i: Int) -> CallSlot { inner.slot(of: i) }
+    func address(of pointer: UnsafeRawPointer) -> UInt64 { inner.address(of: pointer) }
+    func input(of i: Int) -> UnsafeRawPointer { inner.input(of: i) }
+    func output(of i: Int) -> UnsafeMutableRawPointer? { inner.output(of: i) }
+    func waitArrival(call: Int, op: CollectiveOp) throws { try inner.waitArrival(call: call, op: op) }
+    func exchangeData() throws { try inner.exchangeData() }
+    func post(_ phase: Phase, call: Int) { inner.post(phase, call: call) }
+    func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws { try inner.wait(phase, call: call, op: op) }
     func enter() -> Bool { inner.enter() }
     func leave() { inner.leave() }
+    func keepAlive(input: TensorStorage, output: TensorStorage?) { inner.keepAlive(input: input, output: output) }
     func release() { inner.release() }
     func checkHealthy() throws { try inner.checkHealthy() }
     func abort(_ error: FVDError) { inner.abort(error) }

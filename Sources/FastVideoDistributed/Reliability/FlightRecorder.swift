@@ -1,3 +1,4 @@
+import CFVDShims
 import Foundation
 import Synchronization
 
@@ -39,7 +40,8 @@ public struct FlightRecord: Sendable, Codable, Equatable {
 /// collective failed, like NCCL's flight recorder.
 ///
 /// Every rank records each collective it starts (op, group, call number, shape, dtype,
-/// start and end time, outcome) at the cost of two uncontended locks and two clock reads.
+/// start and end time, outcome) as a few words in a preallocated ring: no lock, no
+/// allocation and no text on the way (records become ``FlightRecord``s when read).
 /// When a collective throws, the recorder is written:
 /// - to `FVD_FLIGHT_RECORDER_DIR/rank<R>.json` (atomically, replaced on each failure)
 ///   when that variable names a folder, for every transport;
@@ -48,8 +50,9 @@ public struct FlightRecord: Sendable, Codable, Equatable {
 ///
 /// Read it at any time through ``GroupCoordinator/flightRecorder``. Comparing the ranks'
 /// last records shows which rank was where: the one still `running` an earlier call, or
-/// missing the call the others wait in, is the culprit.
-public final class FlightRecorder: Sendable {
+/// missing the call the others wait in, is the culprit. A record shows at most the first
+/// eight dimensions of a shape.
+public final class FlightRecorder: @unchecked Sendable {
     /// The world rank whose calls this records.
     public let rank: Int
     /// How many calls are kept (the oldest is dropped first).
@@ -57,19 +60,27 @@ public final class FlightRecorder: Sendable {
     let directory: String?
     let printsOnBreak: Bool
 
-    /// `slots[sequence % capacity]` holds call `sequence`; the newest `min(next, capacity)` are valid.
-    private struct Ring {
-        var slots: [FlightRecord] = []
-        var next = 0
-        var printed = false
+    /// A group label registered with ``label(_:)``: what a record stores instead of the text.
+    typealias Label = Int
 
-        var ordered: [FlightRecord] {
-            guard slots.count < next else { return slots }
-            let head = next % slots.count
-            return Array(slots[head...]) + Array(slots[..<head])
-        }
+    /// The words of one record. Word 0 is `sequence + 1` once the record is complete (0 while
+    /// it is written, so a reader skips it); the others are written with relaxed atomics.
+    private enum Word {
+        static let version = 0, codes = 1, label = 2, call = 3, start = 4, end = 5, status = 6, shape = 7
+        static let storedDims = 8
+        static let count = 16
     }
-    private let ring = Locked(Ring())
+    /// Invariant: `capacity × Word.count` words, accessed only through C11 atomics (writers
+    /// of different threads of the rank, and readers, may meet on a record).
+    private let words: UnsafeMutablePointer<UInt64>
+    /// The next sequence number.
+    private let next = Atomic<Int>(0)
+    private let labels = Locked<(names: [String], index: [String: Int])>(([], [:]))
+    /// The messages of failed calls, by sequence (the last `capacity` at most).
+    private let errors = Locked<[Int: String]>([:])
+    private let printed = Atomic<Bool>(false)
+    /// Wall-clock time minus monotonic time, to turn record times into dates.
+    private let wallOffset: Int64
 
     /// Default capacity: the last 64 calls.
     public static let defaultCapacity = 64
@@ -82,43 +93,89 @@ public final class FlightRecorder: Sendable {
         self.capacity = max(1, capacity)
         self.directory = directory
         self.printsOnBreak = printsOnBreak
+        words = .allocate(capacity: self.capacity * Word.count)
+        words.initialize(repeating: 0, count: self.capacity * Word.count)
+        wallOffset = Int64(bitPattern: fvd_wall_ns() &- fvd_now_ns())
     }
+
+    deinit { words.deallocate() }
 
     /// The folder `FVD_FLIGHT_RECORDER_DIR` names, if any.
     static var directoryFromEnvironment: String? {
         ProcessInfo.processInfo.environment["FVD_FLIGHT_RECORDER_DIR"].flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    /// The kept calls, oldest first.
-    public var records: [FlightRecord] { ring.withLock { $0.ordered } }
-
-    /// Records the start of a call and returns its sequence number.
-    func begin(op: String, group: String, call: Int, shape: [Int], dtype: DType) -> Int {
-        let now = Date().timeIntervalSince1970
-        return ring.withLock { ring in
-            let record = FlightRecord(
-                sequence: ring.next, op: op, group: group, call: call, shape: shape, dtype: dtype, start: now, end: nil,
-                status: .running, error: nil)
-            if ring.slots.count < capacity {
-                ring.slots.append(record)
-            } else {
-                ring.slots[ring.next % capacity] = record
-            }
-            ring.next += 1
-            return record.sequence
+    /// The label a group's records carry (the same for the same text).
+    func label(_ text: String) -> Label {
+        labels.withLock { labels in
+            if let known = labels.index[text] { return known }
+            labels.names.append(text)
+            labels.index[text] = labels.names.count - 1
+            return labels.names.count - 1
         }
     }
 
-    /// Records the end of call `sequence`: completed, or failed with `error`.
-    func end(_ sequence: Int, error: (any Error)? = nil) {
-        let now = Date().timeIntervalSince1970
-        ring.withLock { ring in
-            let i = sequence % capacity
-            guard i < ring.slots.count, ring.slots[i].sequence == sequence else { return }
-            ring.slots[i].end = now
-            ring.slots[i].status = error == nil ? .completed : .failed
-            ring.slots[i].error = error.map { String(describing: $0) }
+    private func record(_ sequence: Int) -> UnsafeMutablePointer<UInt64> { words + (sequence % capacity) * Word.count }
+
+    /// The kept calls, oldest first.
+    public var records: [FlightRecord] {
+        let end = next.load(ordering: .acquiring)
+        let names = labels.withLock { $0.names }
+        let messages = errors.withLock { $0 }
+        return (max(0, end - capacity)..<end).compactMap { read($0, names: names, messages: messages) }
+    }
+
+    /// Record `sequence` if it is still in the ring and complete.
+    private func read(_ sequence: Int, names: [String], messages: [Int: String]) -> FlightRecord? {
+        let r = record(sequence)
+        guard fvd_atomic_load_u64(r) == UInt64(sequence + 1) else { return nil }
+        func word(_ i: Int) -> UInt64 { fvd_atomic_load_relaxed_u64(r + i) }
+        let codes = word(Word.codes), label = Int(word(Word.label))
+        let ndim = Int(codes >> 16 & 0xFFFF)
+        let shape = (0..<min(ndim, Word.storedDims)).map { Int(Int64(bitPattern: word(Word.shape + $0))) }
+        let start = word(Word.start), end = word(Word.end), status = word(Word.status)
+        let result = FlightRecord(
+            sequence: sequence, op: (CollectiveOp(rawValue: UInt8(codes & 0xFF)) ?? .corrupt).name,
+            group: names.indices.contains(label) ? names[label] : "?", call: Int(Int64(bitPattern: word(Word.call))),
+            shape: shape, dtype: DType(code: UInt8(codes >> 8 & 0xFF)), start: date(start), end: end == 0 ? nil : date(end),
+            status: status == 0 ? .running : status == 1 ? .completed : .failed, error: status == 2 ? messages[sequence] : nil)
+        // A writer that reused the record meanwhile makes this read meaningless.
+        return fvd_atomic_load_u64(r) == UInt64(sequence + 1) ? result : nil
+    }
+
+    private func date(_ monotonic: UInt64) -> Double { Double(Int64(bitPattern: monotonic) &+ wallOffset) / 1e9 }
+
+    /// Records the start of a call at monotonic time `time` and returns its sequence number.
+    func begin(op: CollectiveOp, label: Label, call: Int, shape: [Int], dtype: DType, at time: UInt64 = fvd_now_ns()) -> Int {
+        let sequence = next.wrappingAdd(1, ordering: .relaxed).oldValue
+        let r = record(sequence)
+        fvd_atomic_store_u64(r, 0)
+        func set(_ i: Int, _ value: UInt64) { fvd_atomic_store_relaxed_u64(r + i, value) }
+        set(Word.codes, UInt64(op.rawValue) | UInt64(dtype.code) << 8 | UInt64(min(shape.count, 0xFFFF)) << 16)
+        set(Word.label, UInt64(label))
+        set(Word.call, UInt64(bitPattern: Int64(call)))
+        set(Word.start, time)
+        set(Word.end, 0)
+        set(Word.status, 0)
+        for (i, d) in shape.prefix(Word.storedDims).enumerated() { set(Word.shape + i, UInt64(bitPattern: Int64(d))) }
+        fvd_atomic_store_u64(r, UInt64(sequence + 1))
+        return sequence
+    }
+
+    /// Records the end of call `sequence` at monotonic time `time`: completed, or failed
+    /// with `error`. Ignored when the record has been reused.
+    func end(_ sequence: Int, at time: UInt64 = fvd_now_ns(), error: (any Error)? = nil) {
+        let r = record(sequence)
+        guard fvd_atomic_load_u64(r) == UInt64(sequence + 1) else { return }
+        if let error {
+            let message = String(describing: error)
+            errors.withLock { errors in
+                errors[sequence] = message
+                if errors.count > capacity { errors = errors.filter { $0.key > sequence - capacity } }
+            }
         }
+        fvd_atomic_store_relaxed_u64(r + Word.end, time)
+        fvd_atomic_store_relaxed_u64(r + Word.status, error == nil ? 1 : 2)
     }
 
     /// Writes the records where the environment asked after a collective threw `error`.
@@ -127,11 +184,7 @@ public final class FlightRecorder: Sendable {
             try? write(toDirectory: directory)
         }
         guard printsOnBreak, (error as? FVDError)?.breaksGroup == true else { return }
-        let first = ring.withLock { ring in
-            defer { ring.printed = true }
-            return !ring.printed
-        }
-        if first { FileHandle.standardError.write(Data(summary(last: 8).utf8)) }
+        if !printed.exchange(true, ordering: .relaxed) { FileHandle.standardError.write(Data(summary(last: 8).utf8)) }
     }
 
     /// The records as JSON: `{"rank": R, "capacity": N, "records": [...]}`, oldest first.

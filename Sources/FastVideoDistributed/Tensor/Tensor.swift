@@ -22,23 +22,26 @@ final class TensorStorage: @unchecked Sendable {
     private let heap: SharedHeap?
 
     /// Allocates uninitialised storage: from this process's shared-memory heap when it
-    /// is a rank of a multi-process world, else from ``StoragePool`` or the allocator.
+    /// is a rank of a multi-process world and the tensor is larger than what travels
+    /// inline with a call's header (``CallSlot/payloadCapacity``, so peers may read it in
+    /// place), else from ``StoragePool`` or the allocator.
     init(uninitializedByteCount byteCount: Int) {
         self.byteCount = byteCount
         capacity = StoragePool.capacity(for: byteCount)
-        if let heap = SharedHeap.active, let p = heap.allocate(capacity) {
+        if byteCount > CallSlot.payloadCapacity, let heap = SharedHeap.active, let p = heap.allocate(capacity) {
             pointer = p
             self.heap = heap
         } else {
+            // Small buffers take the allocator's own alignment (a plain malloc); larger ones a cache line.
             pointer = StoragePool.take(capacity: capacity)
-                ?? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+                ?? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: capacity <= CallSlot.payloadCapacity ? 16 : 64)
             heap = nil
         }
     }
 
     /// Whether the other ranks of this process's world can read these bytes in place
     /// (always in one process; in a multi-process world only shared-heap memory).
-    var isPeerVisible: Bool { heap != nil || SharedHeap.active == nil }
+    var isPeerVisible: Bool { heap != nil || !SharedHeap.isActive }
 
     /// Allocates zero-filled storage.
     convenience init(zeroedByteCount byteCount: Int) {
@@ -249,11 +252,6 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
     /// in-place collective writes it.
     mutating func makeUniqueAndPeerVisible() {
         if !isKnownUniquelyReferenced(&storage) || !storage.isPeerVisible { storage = storage.copy() }
-    }
-
-    /// This tensor, or a copy of it in memory the other ranks can read in place.
-    var peerVisible: Tensor {
-        storage.isPeerVisible ? self : Tensor(shape: shape, dtype: dtype, storage: storage.copy())
     }
 
     /// Calls `body` with writable raw bytes, copying the storage first if it is shared.

@@ -50,6 +50,8 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
     let size: Int
     let timeoutNanoseconds: UInt64
     let spin: Bool
+    /// Set once `failure` holds an error, so the check at every call takes no lock.
+    private let failed = Atomic<Bool>(false)
     private let failure = Locked<FVDError?>(nil)
     private let exited: Locked<[Bool]>
     private let groups = Locked<[String: InProcessGroupState]>([:])
@@ -66,22 +68,24 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
 
     func makeChannel(name: String, members: [Int], rank: Int) -> any PeerMemoryChannel {
         let key = "\(name) \(members)"
-        let group = groups.withLock { groups in
-            if let g = groups[key] { return g }
-            let g = InProcessGroupState(label: key, members: members)
-            groups[key] = g
-            return g
-        }
-        return InProcessChannel(world: self, group: group, index: members.firstIndex(of: rank)!)
+        let group = groups.value(for: key) { InProcessGroupState(members: members) }
+        let index = members.firstIndex(of: rank)!
+        return RegionChannel(
+            world: self, region: group.region, members: members, index: index, label: key, kept: group.kept[index],
+            addressBase: 0, shared: false)
     }
 
     func flightRecorder(rank: Int) -> FlightRecorder { recorders[rank] }
 
-    var abortError: FVDError? { failure.withLock { $0 } }
+    var abortError: FVDError? {
+        guard failed.load(ordering: .acquiring) else { return nil }
+        return failure.withLock { $0 }
+    }
 
     /// Records the first failure of the world and wakes every waiter so it sees it.
     func abort(_ error: FVDError) {
         failure.withLock { if $0 == nil { $0 = error } }
+        failed.store(true, ordering: .releasing)
         wakeAll()
     }
 
@@ -96,81 +100,110 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
     func abort(_ error: FVDError, tellPeers: Bool) { abort(error) }
 
     private func wakeAll() {
-        for g in groups.withLock({ Array($0.values) }) { g.sync.wake(shared: false) }
+        for g in groups.withLock({ Array($0.values) }) { g.region.wake(shared: false) }
     }
 }
 
-/// What one member published for the current call.
-///
-/// Invariant: written only by its owner before it posts `.arrived`, read by peers
-/// only between their `wait(.arrived)` and their post of `.done`, which the owner
-/// waits for before writing again.
-final class Slot: @unchecked Sendable {
-    /// Set while a call of this member is in progress, by whichever coordinator runs it.
-    let busy = Atomic<Bool>(false)
-    var header = CallHeader(op: "", kind: "", dtype: .uint8, shape: [], arguments: [], argumentText: "", call: -1)
-    var buffers = PeerBuffers(input: UnsafeRawPointer(bitPattern: 1)!)
-}
-
+/// One group of an in-process world: its region and what each member keeps alive.
 final class InProcessGroupState: Sendable {
-    let label: String
-    let members: [Int]
-    let sync: SyncWords
-    let slots: [Slot]
+    let region: GroupRegion
+    let kept: [KeptBuffers]
 
-    init(label: String, members: [Int]) {
-        self.label = label
-        self.members = members
-        sync = SyncWords(members: members.count)
-        slots = members.map { _ in Slot() }
+    init(members: [Int]) {
+        region = GroupRegion(members: members.count)
+        kept = members.map { _ in KeptBuffers() }
     }
 }
 
-final class InProcessChannel: PeerMemoryChannel {
-    let world: InProcessWorldState
-    let group: InProcessGroupState
+/// The storage of one member's buffers while peers may read them in place.
+///
+/// Invariant: used only by the thread that holds the member's endpoint
+/// (``PeerMemoryChannel/enter()``).
+final class KeptBuffers: @unchecked Sendable {
+    var input: TensorStorage?
+    var output: TensorStorage?
+}
+
+/// One rank's endpoint of a group whose members share a ``GroupRegion`` (threads of one
+/// process, or processes mapping one segment): the same code for both transports.
+///
+/// Buffer addresses are published relative to `addressBase` (0 for threads; the segment's
+/// start for processes, which map it at different addresses).
+final class RegionChannel<World: WaitingWorld & Sendable>: PeerMemoryChannel {
+    let world: World
+    let region: GroupRegion
+    let members: [Int]
     let index: Int
+    let label: String
+    let kept: KeptBuffers
+    let addressBase: UInt
+    /// Whether futexes are shared between processes.
+    let shared: Bool
 
-    init(world: InProcessWorldState, group: InProcessGroupState, index: Int) {
+    init(
+        world: World, region: GroupRegion, members: [Int], index: Int, label: String, kept: KeptBuffers,
+        addressBase: UInt, shared: Bool
+    ) {
         self.world = world
-        self.group = group
+        self.region = region
+        self.members = members
         self.index = index
+        self.label = label
+        self.kept = kept
+        self.addressBase = addressBase
+        self.shared = shared
     }
 
-    var members: [Int] { group.members }
-    var label: String { group.label }
+    func claimCall() -> Int { region.claimCall(member: index) }
+    func ownSlot(call: Int) -> CallSlot { region.slot(index, call: call) }
+    func slot(of i: Int) -> CallSlot { region.slot(i, call: region.currentCall(member: index)) }
 
-    var nextCall: Int { group.sync.nextCall(member: index) }
+    func address(of pointer: UnsafeRawPointer) -> UInt64 { UInt64(UInt(bitPattern: pointer) &- addressBase) }
 
-    func publish(_ header: CallHeader, _ buffers: PeerBuffers) {
-        group.slots[index].header = header
-        group.slots[index].buffers = buffers
+    private func pointer(at address: UInt64) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(bitPattern: UInt(address) &+ addressBase)!
     }
 
-    func post(_ phase: Phase, call: Int) {
-        group.sync.post(member: index, value: SyncWords.target(call: call, phase: phase), shared: false)
+    func input(of i: Int) -> UnsafeRawPointer {
+        let slot = slot(of: i)
+        return slot.isInline ? UnsafeRawPointer(slot.payload) : UnsafeRawPointer(pointer(at: slot.inputAddress))
     }
 
-    func wait(_ phase: Phase, call: Int, op: String) throws {
-        try group.sync.waitForPhase(phase, call: call, op: op, label: label, members: members, shared: false, world: world)
+    func output(of i: Int) -> UnsafeMutableRawPointer? {
+        let address = slot(of: i).outputAddress
+        return address == CallSlot.noOutput ? nil : pointer(at: address)
     }
 
-    func header(of i: Int) -> CallHeader { group.slots[i].header }
-    func buffers(of i: Int) -> PeerBuffers { group.slots[i].buffers }
+    func publish(call: Int) { region.arrive(member: index, call: call, shared: shared) }
 
-    func release() { group.slots[index].buffers.storage = [] }
-
-    func enter() -> Bool {
-        group.slots[index].busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+    func waitArrival(call: Int, op: CollectiveOp) throws {
+        try region.waitFor(nil, call: call, op: op, label: label, members: members, shared: shared, world: world)
     }
 
-    func leave() { group.slots[index].busy.store(false, ordering: .releasing) }
+    func post(_ phase: Phase, call: Int) { region.post(member: index, phase, call: call, shared: shared) }
+
+    func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws {
+        try region.waitFor(phase, call: call, op: op, label: label, members: members, shared: shared, world: world)
+    }
+
+    func enter() -> Bool { region.enter(member: index) }
+    func leave() { region.leave(member: index) }
+
+    func keepAlive(input: TensorStorage, output: TensorStorage?) {
+        kept.input = input
+        kept.output = output
+    }
+
+    func release() {
+        kept.input = nil
+        kept.output = nil
+    }
 
     func checkHealthy() throws {
         if let error = world.abortError { throw error }
     }
 
-    func abort(_ error: FVDError) { world.abort(error) }
+    func abort(_ error: FVDError) { world.abort(error, tellPeers: true) }
 }
 
 /// A world whose ranks are threads of this process: the embedded default backend.

@@ -124,7 +124,7 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
     }
 }
 
-/// One group's communicator and the current call's exchanged headers and buffers, on one rank.
+/// One group's communicator and the current call's exchanged slots and buffers, on one rank.
 ///
 /// Invariant: used only by the thread that holds `busy` (``PeerMemoryChannel/enter()``).
 final class MPIGroupState: @unchecked Sendable {
@@ -133,19 +133,24 @@ final class MPIGroupState: @unchecked Sendable {
     let members: [Int]
     let index: Int
     let busy = Atomic<Bool>(false)
+    /// Calls started; the one in progress is `calls - 1`.
     var calls = 0
-    var headers: [CallHeader] = []
-    var mine = PeerBuffers(input: UnsafeRawPointer(bitPattern: 1)!)
-    /// Where member `j`'s input (and all-reduce output) can be read during this call.
-    var inputs: [UnsafeRawPointer] = []
-    var outputs: [UnsafeMutableRawPointer?] = []
-    /// Received copies of the peers' data, kept until ``MPIChannel/release()``.
-    var received: [TensorStorage] = []
-    /// This rank's header as sent to the peers by `post(.arrived)`, and the sends, for
-    /// the call `sentCall`.
-    var sendBuffer: UnsafeMutableRawPointer?
+    /// This rank's two slots (by the call's parity) and a received copy of every peer's
+    /// slot of the call in progress, each ``CallSlot/byteCount`` bytes.
+    let ownSlots: UnsafeMutableRawPointer
+    let peerSlots: UnsafeMutableRawPointer
+    /// The packed form of this rank's slot, sent to every peer, and the sends, for the
+    /// call `sentCall`.
+    let sendBuffer: UnsafeMutableRawPointer
     var sends: [MPI_Request?] = []
     var sentCall = -1
+    /// Where member `j`'s input (and all-reduce output) can be read during this call, when
+    /// it did not travel inline.
+    var inputs: [UnsafeRawPointer] = []
+    var outputs: [UnsafeMutableRawPointer?] = []
+    /// Received copies of the peers' data, and this rank's buffers, kept until ``MPIChannel/release()``.
+    var received: [TensorStorage] = []
+    var kept: [TensorStorage] = []
 
     /// The rank in `comm` of each member: its index, except for a send/receive link,
     /// which uses its group's communicator.
@@ -166,27 +171,38 @@ final class MPIGroupState: @unchecked Sendable {
         self.index = index
         self.commRanks = commRanks ?? members.indices.map(Int32.init)
         self.tags = tags
+        ownSlots = .allocate(byteCount: 2 * CallSlot.byteCount, alignment: 64)
+        ownSlots.initializeMemory(as: UInt8.self, repeating: 0, count: 2 * CallSlot.byteCount)
+        peerSlots = .allocate(byteCount: members.count * CallSlot.byteCount, alignment: 64)
+        peerSlots.initializeMemory(as: UInt8.self, repeating: 0, count: members.count * CallSlot.byteCount)
+        sendBuffer = .allocate(byteCount: CallSlot.byteCount, alignment: 64)
+    }
+
+    deinit {
+        ownSlots.deallocate()
+        peerSlots.deallocate()
+        sendBuffer.deallocate()
     }
 
     /// The tag of call `call`'s header.
     func tag(_ call: Int) -> Int32 { tags.lowerBound + Int32(call % tags.count) }
 }
 
-/// A group's endpoint on MPI: the peers' buffers are made readable by copying them here.
+/// A group's endpoint on MPI: the peers' slots and data are made readable by receiving them.
 ///
-/// The collectives are the same code as on the peer-memory transports. Where those read
-/// a peer's input in place, this channel first receives it: at `.arrived` the ranks
-/// swap call headers point to point (so a missing rank is named at the timeout, and
-/// a mismatch is found before any data moves), then, if they agree, exchange what the
-/// collective reads: the all-gathers' and all-to-all's plans become MPI datatypes of one
-/// `MPI_Alltoallw` (``pullByMessages(into:plan:)``), the all-reduce's chunks an
-/// `MPI_Alltoallv` and, reduced, an `MPI_Allgatherv` at `.reduced`; the root's input an
-/// `MPI_Bcast`; the rest (gather, reduce-scatter) an `MPI_Allgather` of the inputs. Reductions run
+/// The collectives are the same code as on the peer-memory transports. At its arrival a
+/// rank sends its slot (header, and its input when it travels inline) point to point to
+/// every member, and receives theirs with a deadline (so a missing rank is named at the
+/// timeout, and a mismatch is found before any more data moves). If the headers agree,
+/// the data that did not travel inline moves as the collective reads it: the
+/// all-gathers' and all-to-all's plans become MPI datatypes of one `MPI_Alltoallw`
+/// (``pullByMessages(into:plan:)``), the all-reduce's chunks an `MPI_Alltoallv` and,
+/// reduced, an `MPI_Allgatherv` at `.reduced`; the root's input an `MPI_Bcast`; the
+/// rest (gather, reduce-scatter) an `MPI_Allgather` of the inputs. Reductions run
 /// locally in rank order, so results are bitwise those of the other transports.
 final class MPIChannel: PeerMemoryChannel {
     let world: MPIWorldState
     let group: MPIGroupState
-    static let headerBytes = 4096
 
     init(world: MPIWorldState, group: MPIGroupState) {
         self.world = world
@@ -196,52 +212,77 @@ final class MPIChannel: PeerMemoryChannel {
     var members: [Int] { group.members }
     var index: Int { group.index }
     var label: String { group.label }
-    var nextCall: Int { group.calls }
 
-    func publish(_ header: CallHeader, _ buffers: PeerBuffers) {
-        group.headers = Array(repeating: header, count: members.count)
-        group.mine = buffers
+    func claimCall() -> Int {
+        defer { group.calls += 1 }
+        return group.calls
     }
 
-    func post(_ phase: Phase, call: Int) {
-        switch phase {
-        case .arrived: sendHeader(call: call)
-        case .reduced: break
-        case .done: group.calls = call + 1
-        }
+    func ownSlot(call: Int) -> CallSlot { CallSlot(group.ownSlots + (call & 1) * CallSlot.byteCount) }
+
+    func slot(of i: Int) -> CallSlot {
+        i == index ? ownSlot(call: group.calls - 1) : CallSlot(group.peerSlots + i * CallSlot.byteCount)
     }
 
-    func wait(_ phase: Phase, call: Int, op: String) throws {
+    func address(of pointer: UnsafeRawPointer) -> UInt64 { UInt64(UInt(bitPattern: pointer)) }
+
+    func input(of i: Int) -> UnsafeRawPointer {
+        let slot = slot(of: i)
+        if slot.isInline { return UnsafeRawPointer(slot.payload) }
+        if i == index { return UnsafeRawPointer(bitPattern: UInt(slot.inputAddress))! }
+        return group.inputs[i]
+    }
+
+    func output(of i: Int) -> UnsafeMutableRawPointer? { group.outputs.isEmpty ? nil : group.outputs[i] }
+
+    /// This rank's own output buffer of the call in progress.
+    private var ownOutput: UnsafeMutableRawPointer? {
+        let address = slot(of: index).outputAddress
+        return address == CallSlot.noOutput ? nil : UnsafeMutableRawPointer(bitPattern: UInt(address))
+    }
+
+    func publish(call: Int) { sendHeader(call: call) }
+
+    func waitArrival(call: Int, op: CollectiveOp) throws {
         do {
-            switch phase {
-            case .arrived:
-                try exchangeHeaders(call: call, op: op)
-                if disagreement(group.headers, ranks: members, label: label, index: index) == nil {
-                    try exchangeInputs(group.headers[index])
-                }
-            case .reduced: try exchangeReducedChunks(group.headers[index])
-            case .done: break
-            }
+            try exchangeHeaders(call: call, op: op)
         } catch let error as FVDError where error.breaksGroup {
             world.abort(error)
             throw error
         }
     }
 
-    func header(of i: Int) -> CallHeader { group.headers[i] }
+    func exchangeData() throws {
+        do {
+            try exchangeInputs()
+        } catch let error as FVDError where error.breaksGroup {
+            world.abort(error)
+            throw error
+        }
+    }
 
-    func buffers(of i: Int) -> PeerBuffers {
-        PeerBuffers(input: group.inputs[i], output: group.outputs.isEmpty ? nil : group.outputs[i])
+    func post(_ phase: Phase, call: Int) {}
+
+    func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws {
+        guard phase == .reduced else { return }
+        do {
+            try exchangeReducedChunks()
+        } catch let error as FVDError where error.breaksGroup {
+            world.abort(error)
+            throw error
+        }
     }
 
     func enter() -> Bool { group.busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged }
     func leave() { group.busy.store(false, ordering: .releasing) }
 
+    func keepAlive(input: TensorStorage, output: TensorStorage?) { group.kept = [input] + (output.map { [$0] } ?? []) }
+
     func release() {
         group.received = []
         group.inputs = []
         group.outputs = []
-        group.mine.storage = []
+        group.kept = []
     }
 
     func checkHealthy() throws {
@@ -250,39 +291,39 @@ final class MPIChannel: PeerMemoryChannel {
 
     func abort(_ error: FVDError) { world.abort(error) }
 
-    /// Starts sending this rank's header to every member (`MPI_Isend`).
+    /// Starts sending this rank's slot, packed, to every member (`MPI_Isend`).
     ///
     /// A failure to start a send is kept as the world's error; the wait then throws it.
     private func sendHeader(call: Int) {
-        let size = Self.headerBytes
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
-        let encoded = group.headers[index].encoded(limit: size - 4)
-        buffer.storeBytes(of: UInt32(encoded.count), as: UInt32.self)
-        encoded.withUnsafeBytes { (buffer + 4).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        group.sendBuffer = buffer
+        let count = ownSlot(call: call).pack(into: group.sendBuffer)
         group.sentCall = call
         group.sends = [MPI_Request?](repeating: fvd_mpi_request_null(), count: members.count)
         for j in 0..<members.count where j != index {
             do {
-                try mpiCheck(MPI_Isend(buffer, Int32(size), fvd_mpi_byte(), group.commRanks[j], group.tag(call), group.comm, &group.sends[j]), "MPI_Isend")
+                try mpiCheck(
+                    MPI_Isend(group.sendBuffer, Int32(count), fvd_mpi_byte(), group.commRanks[j], group.tag(call), group.comm, &group.sends[j]),
+                    "MPI_Isend")
             } catch let error as FVDError {
                 world.abort(error)
             } catch {}
         }
     }
 
-    /// Receives every member's header point to point, waiting at most the world's
-    /// timeout; a member whose header has not come by then is named in the timeout (this
-    /// rank too, if its own `post(.arrived)` never happened).
-    private func exchangeHeaders(call: Int, op: String) throws {
-        let n = members.count, size = Self.headerBytes
+    /// Receives every member's slot point to point, waiting at most the world's timeout; a
+    /// member whose slot has not come by then is named in the timeout (this rank too, if
+    /// its own publish never happened).
+    private func exchangeHeaders(call: Int, op: CollectiveOp) throws {
+        let n = members.count, size = CallSlot.byteCount
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: n * size, alignment: 16)
         defer { buffer.deallocate() }
         let sent = group.sentCall == call
         let peers = (0..<n).filter { $0 != index }
         var receives = [MPI_Request?](repeating: fvd_mpi_request_null(), count: n)
+        var statuses = [MPI_Status](repeating: MPI_Status(), count: n)
         for j in peers {
-            try mpiCheck(MPI_Irecv(buffer + j * size, Int32(size), fvd_mpi_byte(), group.commRanks[j], group.tag(call), group.comm, &receives[j]), "MPI_Irecv")
+            try mpiCheck(
+                MPI_Irecv(buffer + j * size, Int32(size), fvd_mpi_byte(), group.commRanks[j], group.tag(call), group.comm, &receives[j]),
+                "MPI_Irecv")
         }
         let start = DispatchTime.now().uptimeNanoseconds
         var pending = peers
@@ -290,7 +331,7 @@ final class MPIChannel: PeerMemoryChannel {
             try checkHealthy()
             pending = try pending.filter { j in
                 var done: Int32 = 0
-                try mpiCheck(MPI_Test(&receives[j], &done, fvd_mpi_status_ignore()), "MPI_Test")
+                try mpiCheck(MPI_Test(&receives[j], &done, &statuses[j]), "MPI_Test")
                 return done == 0
             }
             if pending.isEmpty && sent { break }
@@ -299,42 +340,42 @@ final class MPIChannel: PeerMemoryChannel {
                 for j in pending { MPI_Cancel(&receives[j]) }
                 let missing = (pending + (sent ? [] : [index])).sorted().map { members[$0] }
                 throw FVDError.timeout(
-                    op: op, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
+                    op: op.name, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
                     seconds: Double(world.timeoutNanoseconds) / 1e9)
             }
             if waited > 200_000 { usleep(waited > 10_000_000 ? 1000 : 20) }
         }
         try mpiCheck(MPI_Waitall(Int32(n), &group.sends, fvd_mpi_statuses_ignore()), "MPI_Waitall")
-        // Only now may the send buffer go: after a timeout, MPI may still read it (and the
-        // job ends with MPI_Abort soon after).
-        group.sendBuffer?.deallocate()
-        group.sendBuffer = nil
         for j in peers {
-            let record = buffer + j * size
-            let count = min(Int(record.load(as: UInt32.self)), size - 4)
-            group.headers[j] = CallHeader(decoding: UnsafeRawBufferPointer(start: record + 4, count: count))
+            var count: Int32 = 0
+            MPI_Get_count(&statuses[j], fvd_mpi_byte(), &count)
+            CallSlot(group.peerSlots + j * size).unpack(from: buffer + j * size, count: Int(count))
         }
     }
 
-    /// Makes every member's input readable here, as the collective `header` needs it.
-    private func exchangeInputs(_ header: CallHeader) throws {
+    /// Makes every member's input readable here, as the collective of the call in
+    /// progress needs it, for the data that did not travel inline.
+    private func exchangeInputs() throws {
         let n = members.count
-        let bytes = header.shape.reduce(1, *) * header.dtype.byteSize
-        let count = try mpiCount(bytes, header.op)
-        group.inputs = Array(repeating: group.mine.input, count: n)
-        switch header.kind {
-        case "barrier":
+        let header = slot(of: index)
+        let op = header.op.name
+        let mine = input(of: index)
+        group.inputs = Array(repeating: mine, count: n)
+        let allInline = (0..<n).allSatisfy { slot(of: $0).isInline }
+        switch header.op.kind {
+        case .barrier, .corrupt:
             break
-        case _ where Self.pulledKinds.contains(header.kind):
-            break  // the collective's pullByMessages moves exactly what it reads
-        case "send_recv":
+        case .allGather, .allGatherInPlace, .allGatherWithUnpad, .allToAll4D:
+            break  // the pulled kinds: the collective's pullByMessages moves exactly what it reads
+        case .sendRecv:
             // The sender's input, and only that, to the receiver (the link's two members).
-            guard let sender = header.arguments.first, (0..<n).contains(sender) else { return }
-            let count = try mpiCount(try group.headers[sender].byteCount(), header.op)
+            guard header.argumentCount > 0, case let sender = header.argument(0), (0..<n).contains(sender),
+                !slot(of: sender).isInline
+            else { return }
+            let count = try mpiCount(try slot(of: sender).byteCount(), op)
             if sender == index {
                 try mpiCheck(
-                    MPI_Send(group.mine.input, count, fvd_mpi_byte(), group.commRanks[1 - index], MPIGroupState.linkDataTag, group.comm),
-                    "MPI_Send")
+                    MPI_Send(mine, count, fvd_mpi_byte(), group.commRanks[1 - index], MPIGroupState.linkDataTag, group.comm), "MPI_Send")
             } else {
                 let copy = TensorStorage(uninitializedByteCount: Int(count))
                 try mpiCheck(
@@ -343,42 +384,46 @@ final class MPIChannel: PeerMemoryChannel {
                 group.received = [copy]
                 group.inputs[sender] = UnsafeRawPointer(copy.pointer)
             }
-        case "broadcast", "broadcast_any":
+        case .broadcast, .broadcastAny:
             // Only the root's input is read; an invalid root throws in the collective's body.
-            guard let root = header.arguments.first, (0..<n).contains(root) else { return }
-            let rootBytes = try group.headers[root].byteCount()
-            let count = try mpiCount(rootBytes, header.op)
+            guard header.argumentCount > 0, case let root = header.argument(0), (0..<n).contains(root), !slot(of: root).isInline
+            else { return }
+            let rootBytes = try slot(of: root).byteCount()
+            let count = try mpiCount(rootBytes, op)
             if root == index {
-                try mpiCheck(MPI_Bcast(UnsafeMutableRawPointer(mutating: group.mine.input), count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
+                try mpiCheck(MPI_Bcast(UnsafeMutableRawPointer(mutating: mine), count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
             } else {
                 let copy = TensorStorage(uninitializedByteCount: rootBytes)
                 try mpiCheck(MPI_Bcast(copy.pointer, count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
                 group.received = [copy]
                 group.inputs[root] = UnsafeRawPointer(copy.pointer)
             }
-        case "all_reduce" where nativeReduction(header) != nil:
-            break  // MPI_Allreduce in reduceByMessages
-        case "all_reduce":
+        case .allReduce where allInline || nativeReduction(header) != nil:
+            break  // reduced here from the slots, or MPI_Allreduce in reduceByMessages
+        case .allReduce:
             // Reduce-scatter by all-to-all: member j's chunk of this rank's range, and nothing
             // else, comes here; `inputs[j]` is based so that the chunk sits at its own offset.
             let es = header.dtype.byteSize
             let ranges = Layout.balancedRanges(count: header.shape.reduce(1, *), parts: n)
-            let mine = ranges[index]
-            let sendCounts = try ranges.map { try mpiCount($0.count * es, header.op) }
-            let sendOffsets = try ranges.map { try mpiCount($0.lowerBound * es, header.op) }
-            let chunk = try mpiCount(mine.count * es, header.op)
-            let receiveOffsets = try (0..<n).map { try mpiCount($0 * mine.count * es, header.op) }
-            let all = TensorStorage(uninitializedByteCount: max(1, n * mine.count * es))
+            let chunk = ranges[index]
+            let sendCounts = try ranges.map { try mpiCount($0.count * es, op) }
+            let sendOffsets = try ranges.map { try mpiCount($0.lowerBound * es, op) }
+            let chunkBytes = try mpiCount(chunk.count * es, op)
+            let receiveOffsets = try (0..<n).map { try mpiCount($0 * chunk.count * es, op) }
+            let all = TensorStorage(uninitializedByteCount: max(1, n * chunk.count * es))
             try mpiCheck(
                 MPI_Alltoallv(
-                    group.mine.input, sendCounts, sendOffsets, fvd_mpi_byte(), all.pointer,
-                    [Int32](repeating: chunk, count: n), receiveOffsets, fvd_mpi_byte(), group.comm),
+                    mine, sendCounts, sendOffsets, fvd_mpi_byte(), all.pointer,
+                    [Int32](repeating: chunkBytes, count: n), receiveOffsets, fvd_mpi_byte(), group.comm),
                 "MPI_Alltoallv")
             group.received = [all]
-            group.inputs = (0..<n).map { UnsafeRawPointer(all.pointer + $0 * mine.count * es - mine.lowerBound * es) }
-        default:
+            group.inputs = (0..<n).map { UnsafeRawPointer(all.pointer + $0 * chunk.count * es - chunk.lowerBound * es) }
+        case .gather, .reduceScatter:
+            guard !allInline else { return }
+            let bytes = try header.byteCount()
+            let count = try mpiCount(bytes, op)
             let all = TensorStorage(uninitializedByteCount: bytes * n)
-            try mpiCheck(MPI_Allgather(group.mine.input, count, fvd_mpi_byte(), all.pointer, count, fvd_mpi_byte(), group.comm), "MPI_Allgather")
+            try mpiCheck(MPI_Allgather(mine, count, fvd_mpi_byte(), all.pointer, count, fvd_mpi_byte(), group.comm), "MPI_Allgather")
             group.received = [all]
             group.inputs = (0..<n).map { UnsafeRawPointer(all.pointer + $0 * bytes) }
         }
@@ -386,15 +431,17 @@ final class MPIChannel: PeerMemoryChannel {
 
     /// The collectives whose every member pulls with ``pullFromEveryMember(_:into:totalBytes:plan:)``
     /// (not `gather`: only its root pulls).
-    static let pulledKinds: Set<String> = ["all_gather", "all_gather_in_place", "all_gather_with_unpad", "all_to_all_4D"]
+    static let pulledKinds: Set<CollectiveKind> = [.allGather, .allGatherInPlace, .allGatherWithUnpad, .allToAll4D]
 
     /// One `MPI_Alltoallw` whose per-member datatypes are the copy plans themselves
     /// (strided vectors of bytes): each byte goes from the sender's input straight into
     /// the receiver's output, with no packing by this library; `MPI_Allgather` when the
-    /// plans are one contiguous block each, in member order.
+    /// plans are one contiguous block each, in member order. Nothing when every member's
+    /// input travelled inline (the collective copies from the received slots).
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy) throws -> Bool {
-        guard Self.pulledKinds.contains(group.headers[index].kind) else { return false }
-        let n = members.count
+        let n = members.count, op = slot(of: index).op
+        guard Self.pulledKinds.contains(op.kind), (0..<n).contains(where: { !slot(of: $0).isInline }) else { return false }
+        let mine = input(of: index)
         // Every member sends the same contiguous block and block j lands at j × its size:
         // that is MPI's own all-gather (for a gather along the outermost dimension).
         let block = plan(index, index)
@@ -406,9 +453,9 @@ final class MPIChannel: PeerMemoryChannel {
                     && into.dstOffset == k * block.totalBytes
             })
         {
-            let count = try mpiCount(block.totalBytes, group.headers[index].op)
+            let count = try mpiCount(block.totalBytes, op.name)
             try mpiCheck(
-                MPI_Allgather(group.mine.input + block.srcOffset, count, fvd_mpi_byte(), destination, count, fvd_mpi_byte(), group.comm),
+                MPI_Allgather(mine + block.srcOffset, count, fvd_mpi_byte(), destination, count, fvd_mpi_byte(), group.comm),
                 "MPI_Allgather")
             return true
         }
@@ -431,7 +478,7 @@ final class MPIChannel: PeerMemoryChannel {
         }
         try mpiCheck(
             MPI_Alltoallw(
-                group.mine.input, sendCounts, sendOffsets, &sendTypes, destination, receiveCounts, receiveOffsets,
+                mine, sendCounts, sendOffsets, &sendTypes, destination, receiveCounts, receiveOffsets,
                 &receiveTypes, group.comm),
             "MPI_Alltoallw")
         return true
@@ -459,9 +506,9 @@ final class MPIChannel: PeerMemoryChannel {
 
     /// MPI's op and datatype for the all-reduce `header` when the user chose MPI's own
     /// all-reduce and MPI has both (not for 16-bit floats, bool or `average`).
-    private func nativeReduction(_ header: CallHeader) -> (MPI_Op?, MPI_Datatype?)? {
-        guard world.nativeAllReduce, header.kind == "all_reduce", let code = header.arguments.first,
-            ReduceOp.allCases.indices.contains(code)
+    private func nativeReduction(_ header: CallSlot) -> (MPI_Op?, MPI_Datatype?)? {
+        guard world.nativeAllReduce, header.op.kind == .allReduce, header.argumentCount > 0,
+            case let code = header.argument(0), ReduceOp.allCases.indices.contains(code)
         else { return nil }
         let op: MPI_Op?
         switch ReduceOp.allCases[code] {
@@ -488,7 +535,7 @@ final class MPIChannel: PeerMemoryChannel {
     func reduceByMessages(
         _ op: ReduceOp, dtype: DType, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
     ) throws -> Bool {
-        guard let (mpiOp, type) = nativeReduction(group.headers[index]) else { return false }
+        guard let (mpiOp, type) = nativeReduction(slot(of: index)) else { return false }
         let n = try mpiCount(count, "all_reduce")
         let source = UnsafeRawPointer(output) == input ? UnsafeRawPointer(fvd_mpi_in_place()) : input
         try mpiCheck(MPI_Allreduce(source, output, n, type, mpiOp, group.comm), "MPI_Allreduce")
@@ -496,13 +543,14 @@ final class MPIChannel: PeerMemoryChannel {
     }
 
     /// The all-reduce's second step: every member's reduced chunk, where its output would be.
-    private func exchangeReducedChunks(_ header: CallHeader) throws {
+    private func exchangeReducedChunks() throws {
+        let header = slot(of: index)
         let es = header.dtype.byteSize
         let ranges = Layout.balancedRanges(count: header.shape.reduce(1, *), parts: members.count)
-        let counts = try ranges.map { try mpiCount($0.count * es, header.op) }
-        let offsets = try ranges.map { try mpiCount($0.lowerBound * es, header.op) }
+        let counts = try ranges.map { try mpiCount($0.count * es, header.op.name) }
+        let offsets = try ranges.map { try mpiCount($0.lowerBound * es, header.op.name) }
         let all = TensorStorage(uninitializedByteCount: max(1, ranges.last!.upperBound * es))
-        let mine = group.mine.output! + Int(offsets[index])
+        let mine = ownOutput! + Int(offsets[index])
         try mpiCheck(
             MPI_Allgatherv(mine, counts[index], fvd_mpi_byte(), all.pointer, counts, offsets, fvd_mpi_byte(), group.comm),
             "MPI_Allgatherv")

@@ -1,5 +1,6 @@
 import CFVDShims
 import Foundation
+import Synchronization
 
 /// This process's part of a multi-process world's shared-memory segment, from which
 /// its tensors are allocated so that the other ranks can read them in place.
@@ -19,11 +20,17 @@ import Foundation
 /// `FVD_TENSOR_CACHE_MB` MiB (default 1024); beyond that their pages are given back.
 final class SharedHeap: Sendable {
     /// The heap of this process's multi-process world, if it is a rank of one.
-    static var active: SharedHeap? { current.withLock { $0 } }
+    static var active: SharedHeap? { isActive ? current.withLock { $0 } : nil }
+    /// Whether a heap is active, read without a lock (every small tensor asks).
+    static var isActive: Bool { activeFlag.load(ordering: .acquiring) }
     private static let current = Locked<SharedHeap?>(nil)
+    private static let activeFlag = Atomic<Bool>(false)
 
     /// Makes `heap` the place new tensors are allocated (`nil`: ordinary memory again).
-    static func activate(_ heap: SharedHeap?) { current.withLock { $0 = heap } }
+    static func activate(_ heap: SharedHeap?) {
+        current.withLock { $0 = heap }
+        activeFlag.store(heap != nil, ordering: .releasing)
+    }
 
     /// Invariant: `[base, base + capacity)` stays mapped for the life of the process, and
     /// is bytes `[fileOffset, fileOffset + capacity)` of the segment's file `fd`.

@@ -12,19 +12,18 @@ import Synchronization
 /// - one 1 KiB control line per rank: pid, state (running, exited, failed) and the
 ///   failure message;
 /// - the group registry: 1024 slots of (state, channel offset, key);
-/// - the channel area (1 GiB): per group, the ``SyncWords`` and one 16 KiB record per
-///   member (buffer offsets and the encoded ``CallHeader``);
+/// - the channel area (1 GiB): per group, its ``GroupRegion`` (wake words, one line per
+///   member and two ``CallSlot``s per member);
 /// - one tensor heap per rank (``SharedHeap``).
 ///
 /// Invariant: the mapping is never unmapped while the process lives.
 final class SharedSegment: @unchecked Sendable {
-    static let magic: UInt64 = 0x4656_4453_484D_0001  // "FVDSHM", version 1
+    static let magic: UInt64 = 0x4656_4453_484D_0002  // "FVDSHM", version 2
     static let headerBytes = 4096
     static let controlBytes = 1024
     static let registrySlots = 1024
     static let registrySlotBytes = 512
     static let channelAreaBytes = 1 << 30
-    static let memberRecordBytes = 16 << 10
 
     enum RankState: UInt32 { case absent = 0, running = 1, exited = 2, failed = 3 }
 
@@ -216,7 +215,7 @@ final class SharedSegment: @unchecked Sendable {
             let hash = keyBytes.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
             keyBytes = Array(keyBytes.prefix(Self.registrySlotBytes - 48)) + Array("#\(String(hash, radix: 16))".utf8)
         }
-        let regionBytes = Self.roundUp(SyncWords.byteCount(members: members), 64) + members * Self.memberRecordBytes
+        let regionBytes = Self.roundUp(GroupRegion.byteCount(members: members), 4096)
         for slot in 0..<Self.registrySlots {
             let s = base + registryOffset + slot * Self.registrySlotBytes
             let state = s.assumingMemoryBound(to: UInt64.self)
@@ -245,13 +244,13 @@ final class SharedSegment: @unchecked Sendable {
         throw FVDError.invalidArgument("shared-memory segment: more than \(Self.registrySlots) groups")
     }
 
-    /// Every registered group's synchronisation words (for waking all waiters).
-    func registeredGroups() -> [SyncWords] {
+    /// Every registered group's region (for waking all waiters).
+    func registeredGroups() -> [GroupRegion] {
         (0..<Self.registrySlots).compactMap { slot in
             let s = base + registryOffset + slot * Self.registrySlotBytes
             guard fvd_atomic_load_u64(s.assumingMemoryBound(to: UInt64.self)) == 2 else { return nil }
             let members = Int((s + 20).assumingMemoryBound(to: UInt32.self).pointee)
-            return SyncWords(members: members, at: base + channelOffset + Int((s + 8).assumingMemoryBound(to: UInt64.self).pointee))
+            return GroupRegion(members: members, at: base + channelOffset + Int((s + 8).assumingMemoryBound(to: UInt64.self).pointee))
         }
     }
 }
@@ -262,6 +261,8 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     let segment: SharedSegment
     let timeoutNanoseconds: UInt64
     let spin: Bool
+    /// Set once `localFailure` holds an error, so the check at every call takes no lock.
+    private let failedLocally = Atomic<Bool>(false)
     private let localFailure = Locked<FVDError?>(nil)
     private let groups = Locked<[String: SharedGroupState]>([:])
     private let lastLivenessCheck = Atomic<UInt64>(0)
@@ -278,14 +279,18 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
         try groupChannel(
             name: name, members: members, cache: groups,
             make: { key in SharedGroupState(label: key, members: members, region: try segment.channelRegion(key: key, members: members.count)) },
-            channel: { SharedMemoryChannel(world: self, group: $0, index: members.firstIndex(of: rank)!) })
+            channel: { group in
+                RegionChannel(
+                    world: self, region: group.region, members: members, index: members.firstIndex(of: rank)!, label: group.label,
+                    kept: group.kept, addressBase: UInt(bitPattern: self.segment.base), shared: true)
+            })
     }
 
     func flightRecorder(rank: Int) -> FlightRecorder { recorder }
 
     /// The error that ends this rank's use of the world: its own, or a peer's recorded failure.
     var abortError: FVDError? {
-        if let local = localFailure.withLock({ $0 }) { return local }
+        if failedLocally.load(ordering: .acquiring), let local = localFailure.withLock({ $0 }) { return local }
         if let (rank, message) = segment.failure(), rank != segment.rank { return .peerFailed(rank: rank, message: message) }
         return nil
     }
@@ -294,6 +299,7 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     /// segment so every rank's waits end with ``FVDError/peerFailed(rank:message:)``.
     func abort(_ error: FVDError, tellPeers: Bool) {
         localFailure.withLock { if $0 == nil { $0 = error } }
+        failedLocally.store(true, ordering: .releasing)
         if tellPeers {
             if case let .peerFailed(rank, message) = error, rank == segment.rank {
                 segment.recordFailure(message)
@@ -326,7 +332,7 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     }
 
     func wakeAll() {
-        for sync in segment.registeredGroups() { sync.wake(shared: true) }
+        for region in segment.registeredGroups() { region.wake(shared: true) }
     }
 }
 
@@ -334,130 +340,13 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
 final class SharedGroupState: Sendable {
     let label: String
     let members: [Int]
-    let sync: SyncWords
-    /// Invariant: points into the mapped segment.
-    private struct Records: @unchecked Sendable { let base: UnsafeMutableRawPointer }
-    private let records: Records
+    let region: GroupRegion
     /// This rank's buffers, kept alive until its peers have read them.
-    let keepAlive = Locked<[TensorStorage]>([])
-    let busy = Atomic<Bool>(false)
+    let kept = KeptBuffers()
 
     init(label: String, members: [Int], region: UnsafeMutableRawPointer) {
         self.label = label
         self.members = members
-        sync = SyncWords(members: members.count, at: region)
-        records = Records(base: region + SharedSegment.roundUp(SyncWords.byteCount(members: members.count), 64))
-    }
-
-    func record(_ i: Int) -> UnsafeMutableRawPointer { records.base + i * SharedSegment.memberRecordBytes }
-}
-
-/// One rank's endpoint of a group on the shared-memory transport: the same protocol
-/// as in-process, with buffers published as offsets into the segment.
-final class SharedMemoryChannel: PeerMemoryChannel {
-    let world: SharedMemoryWorldState
-    let group: SharedGroupState
-    let index: Int
-
-    init(world: SharedMemoryWorldState, group: SharedGroupState, index: Int) {
-        self.world = world
-        self.group = group
-        self.index = index
-    }
-
-    var members: [Int] { group.members }
-    var label: String { group.label }
-    var nextCall: Int { group.sync.nextCall(member: index) }
-
-    private static let noOutput = UInt64.max
-
-    func publish(_ header: CallHeader, _ buffers: PeerBuffers) {
-        let base = world.segment.base
-        let record = group.record(index)
-        let words = record.assumingMemoryBound(to: UInt64.self)
-        words[0] = UInt64(UnsafeRawPointer(buffers.input) - UnsafeRawPointer(base))
-        words[1] = buffers.output.map { UInt64(UnsafeRawPointer($0) - UnsafeRawPointer(base)) } ?? Self.noOutput
-        let encoded = header.encoded(limit: SharedSegment.memberRecordBytes - 24)
-        (record + 16).assumingMemoryBound(to: UInt32.self).pointee = UInt32(encoded.count)
-        encoded.withUnsafeBytes { (record + 24).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        group.keepAlive.withLock { $0 = buffers.storage }
-    }
-
-    func post(_ phase: Phase, call: Int) {
-        group.sync.post(member: index, value: SyncWords.target(call: call, phase: phase), shared: true)
-    }
-
-    func wait(_ phase: Phase, call: Int, op: String) throws {
-        try group.sync.waitForPhase(phase, call: call, op: op, label: label, members: members, shared: true, world: world)
-    }
-
-    func header(of i: Int) -> CallHeader {
-        let record = group.record(i)
-        let count = Int((record + 16).assumingMemoryBound(to: UInt32.self).pointee)
-        return CallHeader(decoding: UnsafeRawBufferPointer(start: record + 24, count: count))
-    }
-
-    func buffers(of i: Int) -> PeerBuffers {
-        let base = world.segment.base
-        let words = group.record(i).assumingMemoryBound(to: UInt64.self)
-        let output = words[1] == Self.noOutput ? nil : base + Int(words[1])
-        return PeerBuffers(input: UnsafeRawPointer(base + Int(words[0])), output: output)
-    }
-
-    func release() { group.keepAlive.withLock { $0 = [] } }
-
-    func enter() -> Bool { group.busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged }
-    func leave() { group.busy.store(false, ordering: .releasing) }
-
-    func checkHealthy() throws {
-        if let error = world.abortError { throw error }
-    }
-
-    func abort(_ error: FVDError) { world.abort(error, tellPeers: true) }
-}
-
-extension CallHeader {
-    /// A compact binary form for the shared segment (at most `limit` bytes; longer
-    /// texts are cut, shapes and arguments are kept whole up to the limit).
-    func encoded(limit: Int) -> [UInt8] {
-        var out: [UInt8] = []
-        func int(_ v: Int) { withUnsafeBytes(of: Int64(v).littleEndian) { out += $0 } }
-        func text(_ s: String) {
-            let bytes = Array(s.utf8.prefix(1024))
-            int(bytes.count)
-            out += bytes
-        }
-        int(call)
-        text(op)
-        text(kind)
-        text(dtype.rawValue)
-        text(argumentText)
-        int(shape.count)
-        shape.forEach(int)
-        int(arguments.count)
-        arguments.forEach(int)
-        return Array(out.prefix(limit))
-    }
-
-    /// Decodes ``encoded(limit:)``; missing fields read as empty or zero.
-    init(decoding bytes: UnsafeRawBufferPointer) {
-        var at = 0
-        func int() -> Int {
-            guard at + 8 <= bytes.count else { return 0 }
-            defer { at += 8 }
-            return Int(Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: Int64.self)))
-        }
-        func text() -> String {
-            let n = max(0, min(int(), bytes.count - at))
-            defer { at += n }
-            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]), as: UTF8.self)
-        }
-        let call = int()
-        let op = text(), kind = text(), dtypeName = text(), argumentText = text()
-        let shape = (0..<max(0, min(int(), bytes.count / 8))).map { _ in int() }
-        let arguments = (0..<max(0, min(int(), bytes.count / 8))).map { _ in int() }
-        self.init(
-            op: op, kind: kind, dtype: DType(rawValue: dtypeName) ?? .uint8, shape: shape, arguments: arguments,
-            argumentText: argumentText, call: call)
+        self.region = GroupRegion(members: members.count, at: region)
     }
 }

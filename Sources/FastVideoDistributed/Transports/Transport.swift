@@ -1,61 +1,12 @@
-/// What a rank tells its peers at the start of every collective: enough to detect
-/// any disagreement before a single byte of data moves.
-struct CallHeader: Sendable, Equatable {
-    /// Name of the operation as the caller called it, for errors, e.g. `tensor_model_parallel_all_gather`.
-    var op: String
-    /// What is compared across ranks: the underlying collective, e.g. `all_gather`.
-    var kind: String
-    var dtype: DType
-    var shape: [Int]
-    /// Operation arguments (dim, root, reduce op, ...) in a fixed order per op.
-    var arguments: [Int]
-    /// Human-readable form of `arguments` for error messages.
-    var argumentText: String
-    /// How many collectives this rank has called on this group before.
-    var call: Int
-
-    /// Collectives whose data's shape and dtype travel with it: only the sending rank's
-    /// header describes the data, so the others' shapes and dtypes are not compared.
-    /// Their first argument is the sender's index in the channel.
-    static let dataTravelsKinds: Set<String> = ["send_recv", "broadcast_any"]
-    /// Collectives whose ranks may pass different shapes (the uneven all-to-all): their
-    /// body checks every member's shape, so the error is the same on every rank.
-    static let shapeCheckedInBodyKinds: Set<String> = dataTravelsKinds.union(["all_to_all_4D"])
-
-    /// The number of bytes the header describes, or an error if a peer's header
-    /// describes an impossible tensor.
-    func byteCount() throws -> Int {
-        try Tensor.elementCount(of: shape) * dtype.byteSize
-    }
-}
-
-/// A rank's buffers as its peers can address them during one collective.
+/// One rank's endpoint of one group: how its collectives meet their peers.
 ///
-/// Invariant: `storage` keeps the memory behind the pointers alive from the rank's
-/// phase-0 post until the channel's `release()` after every member posted `.done`. When
-/// a call ends early (abort, timeout, exit) nothing releases it, so a peer still
-/// copying from this rank never reads freed memory; the next publish replaces it.
-struct PeerBuffers: @unchecked Sendable {
-    var input: UnsafeRawPointer
-    var output: UnsafeMutableRawPointer?
-    var storage: [TensorStorage] = []
-}
-
-/// The phases of one collective call. Each is a rendezvous of the whole group.
-enum Phase: Int {
-    /// Header and buffers are published.
-    case arrived = 0
-    /// The rank's share of a reduction is in its output (all-reduce only).
-    case reduced = 1
-    /// The rank has finished reading its peers' buffers.
-    case done = 2
-}
-
-/// One rank's endpoint of one group on a transport whose ranks can read each
-/// other's memory (threads in one process; processes sharing a mapping).
-///
-/// A collective is written once against this protocol: publish, rendezvous,
-/// copy straight from peers' buffers into the output, rendezvous again.
+/// A collective is written once against this protocol (see `performCollective`): the rank
+/// fills its ``CallSlot`` for the call (a header, and its input itself when small), publishes
+/// it, waits for every member's, checks that they agree, and then reads what it needs from
+/// the peers' slots or, for large data, straight from their buffers; only then does it
+/// rendezvous again (``Phase/done``) so no rank leaves while a peer still reads its memory.
+/// Transports whose ranks share memory (threads, processes over a shared mapping) keep the
+/// slots in memory every member maps; MPI sends them as messages.
 protocol PeerMemoryChannel: AnyObject, Sendable {
     /// World ranks of the members, sorted; index = rank in group.
     var members: [Int] { get }
@@ -63,33 +14,47 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     var index: Int { get }
     /// Label used in errors and logs, e.g. `tp0 [0, 1]`.
     var label: String { get }
-    /// The number of this rank's next call on the group (its completed calls so far),
-    /// shared by every coordinator of the same group on this rank.
-    var nextCall: Int { get }
-    /// Stores this rank's header and buffers for the current call (before `post(.arrived)`).
+    /// Takes the number of this rank's next call on the group (its calls so far), shared
+    /// by every coordinator of the same group on this rank; the call in progress from then on.
+    func claimCall() -> Int
+    /// This rank's slot for `call`, to fill before ``publish(call:)``.
+    func ownSlot(call: Int) -> CallSlot
+    /// Member `i`'s slot of the call in progress (valid after ``waitArrival(call:op:)``).
+    func slot(of i: Int) -> CallSlot
+    /// The address of one of this rank's buffers as its header publishes it.
+    func address(of pointer: UnsafeRawPointer) -> UInt64
+    /// Where member `i`'s input can be read during the call in progress: its slot's
+    /// payload when inline, else its published buffer.
+    func input(of i: Int) -> UnsafeRawPointer
+    /// Member `i`'s published output buffer, if it has one (the large all-reduce reads it).
+    func output(of i: Int) -> UnsafeMutableRawPointer?
+    /// Makes this rank's filled slot of `call` visible to its peers: its arrival.
     ///
     /// Throws only where a fault is injected (``FaultInjectingChannel``).
-    func publish(_ header: CallHeader, _ buffers: PeerBuffers) throws
-    /// Marks this rank as having reached `phase` of `call` and wakes waiters.
-    func post(_ phase: Phase, call: Int)
-    /// Blocks until every member reached `phase` of `call`.
-    ///
-    /// Only `.arrived` has a deadline: later phases wait for ranks that are already
-    /// inside the call, so they end when those ranks finish, fail or exit.
+    func publish(call: Int) throws
+    /// Blocks until every member (this one included) published `call`.
     /// - Throws: the world's abort error, ``FVDError/peerExited(rank:op:group:)`` for a
     ///   member that left, or ``FVDError/timeout(op:group:call:arrived:missing:seconds:)``.
-    func wait(_ phase: Phase, call: Int, op: String) throws
-    /// The header member `i` published for the current call (valid after `wait(.arrived)`).
-    func header(of i: Int) -> CallHeader
-    /// The buffers member `i` published for the current call (valid after `wait(.arrived)`).
-    func buffers(of i: Int) -> PeerBuffers
+    func waitArrival(call: Int, op: CollectiveOp) throws
+    /// Once every header agrees: makes the data the collective reads available here. A
+    /// transport whose ranks read each other's memory has nothing to do.
+    func exchangeData() throws
+    /// Marks this rank as having reached `phase` of `call` and wakes waiters.
+    func post(_ phase: Phase, call: Int)
+    /// Blocks until every member reached `phase` of `call`; no deadline (the ranks are inside
+    /// the call), so it ends when they finish, fail or exit.
+    func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws
     /// Claims this rank's endpoint for one call; `false` if another thread holds it
     /// (two coordinators of the same group used at once).
     func enter() -> Bool
     /// Ends the claim of `enter()`.
     func leave()
-    /// Drops the references that kept this rank's buffers alive for its peers
-    /// (after every member posted `.done` of the current call).
+    /// Keeps the storage of this rank's buffers alive while peers may read them in place,
+    /// until ``release()``. When a call ends early (abort, timeout, exit) nothing releases
+    /// them, so a peer still copying from this rank never reads freed memory; the next
+    /// call's keep replaces them.
+    func keepAlive(input: TensorStorage, output: TensorStorage?)
+    /// Drops what ``keepAlive(input:output:)`` kept (after every member posted `.done`).
     func release()
     /// Throws the world's abort error if a rank has failed, so no new call starts on a broken world.
     func checkHealthy() throws
@@ -99,7 +64,7 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     /// messages, what every member's `plan(source, destination)` copies from `source`'s
     /// input into `destination`'s output, with this rank's output at `destination`.
     /// Every member calls it at the same point of the call.
-    /// - Returns: `false` (the default) when the caller copies from ``buffers(of:)`` itself.
+    /// - Returns: `false` (the default) when the caller copies from ``input(of:)`` itself.
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool
     /// For a transport with its own all-reduce that the user chose over the deterministic
     /// one (MPI's, with `FVD_MPI_NATIVE_ALLREDUCE=1`): reduces `count` elements of every
@@ -111,6 +76,8 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
 }
 
 extension PeerMemoryChannel {
+    func exchangeData() throws {}
+
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool {
         false
     }

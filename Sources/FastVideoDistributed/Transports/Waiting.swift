@@ -1,74 +1,132 @@
 import CFVDShims
-import Dispatch
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
 
-/// The words a group synchronises on: a wake sequence, a sleeper count and one
-/// progress counter per member, each on its own cache line.
+/// The later phases of one collective call, after every member has arrived (published its
+/// ``CallSlot``). Each is a rendezvous of the whole group.
+enum Phase: Int {
+    /// The rank's share of a reduction is in its output (the large all-reduce only).
+    case reduced = 1
+    /// The rank has finished reading its peers' buffers (calls whose data is read in place).
+    case done = 2
+}
+
+/// The memory one group synchronises through, on a transport whose ranks share memory:
+/// a wake word, one line per member, and two ``CallSlot``s per member that alternate with
+/// the call's parity.
 ///
-/// Invariant: `base` points to `SyncWords.byteCount(members:)` bytes, zeroed before
-/// first use, that live as long as this object: heap memory it owns, or a region of a
-/// shared mapping that outlives it. All access goes through the C11 atomics in CFVDShims.
-final class SyncWords: @unchecked Sendable {
+/// Why two slots are enough: a member writes its slot for call `c + 2` only after every
+/// member arrived at `c + 1`, and a member arrives at `c + 1` only after it finished
+/// reading everything of call `c`. So a call whose data travels inline needs a single
+/// rendezvous.
+///
+/// Layout: line 0 holds the wake sequence (u32 at 0) and the sleeper count (u32 at 4);
+/// line `1 + i` member `i`'s progress (u64 at 0: `(call + 1) × 4 + phase` of its last
+/// posted phase), its call count (u64 at 8: calls it has started) and its busy flag (u64
+/// at 16); then the slots,
+/// member `i`'s for parity `p` at `slotsOffset + (2i + p) × CallSlot.byteCount`.
+///
+/// Invariant: `base` points to ``byteCount(members:)`` zeroed bytes that live as long as
+/// this object: memory it maps itself, or a region of a shared mapping that outlives it.
+/// Words that other threads or processes read are accessed through the C11 atomics of CFVDShims.
+final class GroupRegion: @unchecked Sendable {
     static let line = 64
-    /// How long a waiter spins before it yields and then sleeps.
-    let spinNanoseconds: UInt64 = 250_000
     let base: UnsafeMutableRawPointer
     let memberCount: Int
-    private let owned: Bool
+    private let ownedBytes: Int
 
-    static func byteCount(members: Int) -> Int { (members + 1) * line }
+    static func slotsOffset(members: Int) -> Int { (members + 1) * line }
+    static func byteCount(members: Int) -> Int { slotsOffset(members: members) + 2 * members * CallSlot.byteCount }
 
-    /// Words on the heap, for ranks that are threads of one process.
+    /// A region of its own (anonymous memory, zero until touched), for ranks that are
+    /// threads of one process.
     init(members: Int) {
         memberCount = members
-        let bytes = SyncWords.byteCount(members: members)
-        base = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: SyncWords.line)
-        base.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-        owned = true
+        ownedBytes = Self.byteCount(members: members)
+        let mapped = mmap(nil, ownedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else {
+            // Out of address space is not something a caller can act on.
+            fatalError("cannot map \(ownedBytes) bytes for a group of \(members) ranks")
+        }
+        base = mapped
     }
 
-    /// Words at `base` in a shared mapping (zero-filled when the segment was created).
+    /// The region at `base` in a shared mapping (zero-filled when the segment was created).
     init(members: Int, at base: UnsafeMutableRawPointer) {
         memberCount = members
         self.base = base
-        owned = false
+        ownedBytes = 0
     }
 
-    deinit { if owned { base.deallocate() } }
+    deinit { if ownedBytes > 0 { munmap(base, ownedBytes) } }
 
-    /// Bumped (and futex-woken) on every post, abort and exit.
+    /// Bumped (and futex-woken) when a post finds sleepers, and on every abort and exit.
     var sequence: UnsafeMutablePointer<UInt32> { base.assumingMemoryBound(to: UInt32.self) }
-    /// Number of threads sleeping on `sequence`; posts skip the wake syscall when 0.
+    /// Number of threads sleeping on `sequence`; posts skip the wake when it is 0.
     var sleepers: UnsafeMutablePointer<UInt32> { (base + 4).assumingMemoryBound(to: UInt32.self) }
-    /// Member `i`'s progress: `call × 4 + phase + 1` of the last phase it posted.
     func progress(_ i: Int) -> UnsafeMutablePointer<UInt64> {
-        (base + (i + 1) * SyncWords.line).assumingMemoryBound(to: UInt64.self)
+        (base + (i + 1) * Self.line).assumingMemoryBound(to: UInt64.self)
+    }
+    /// Member `i`'s count of started calls; written only by member `i`.
+    func callCount(_ i: Int) -> UnsafeMutablePointer<UInt64> {
+        (base + (i + 1) * Self.line + 8).assumingMemoryBound(to: UInt64.self)
+    }
+    func slot(_ i: Int, call: Int) -> CallSlot {
+        CallSlot(base + Self.slotsOffset(members: memberCount) + (2 * i + (call & 1)) * CallSlot.byteCount)
     }
 
-    static func target(call: Int, phase: Phase) -> UInt64 { UInt64(call) * 4 + UInt64(phase.rawValue) + 1 }
+    static func target(call: Int, phase: Phase) -> UInt64 { UInt64(call + 1) * 4 + UInt64(phase.rawValue) }
 
-    /// The call member `i` starts next: its progress is `0` or `call × 4 + 3` (done) between calls.
-    func nextCall(member i: Int) -> Int { Int((fvd_atomic_load_u64(progress(i)) + 1) / 4) }
+    /// Claims member `i`'s next call number.
+    func claimCall(member i: Int) -> Int {
+        let call = fvd_atomic_load_u64(callCount(i))
+        fvd_atomic_store_u64(callCount(i), call + 1)
+        return Int(call)
+    }
 
-    func post(member i: Int, value: UInt64, shared: Bool) {
-        fvd_atomic_store_u64(progress(i), value)
-        wake(shared: shared)
+    /// The call member `i` runs now (during a call) or ran last.
+    func currentCall(member i: Int) -> Int { Int(fvd_atomic_load_u64(callCount(i))) - 1 }
+
+    /// Member `i`'s claim on its endpoint (u64 at 16 of its line): one call at a time.
+    private func busy(_ i: Int) -> UnsafeMutablePointer<UInt64> {
+        (base + (i + 1) * Self.line + 16).assumingMemoryBound(to: UInt64.self)
+    }
+
+    /// Claims member `i`'s endpoint for one call; `false` if another thread holds it.
+    func enter(member i: Int) -> Bool { fvd_atomic_cas_u64(busy(i), 0, 1) != 0 }
+    func leave(member i: Int) { fvd_atomic_store_u64(busy(i), 0) }
+
+    /// Makes member `i`'s slot of `call` visible: its arrival.
+    func arrive(member i: Int, call: Int, shared: Bool) {
+        fvd_atomic_store_u64(slot(i, call: call).arrivalWord, UInt64(call + 1))
+        wakeIfSleeping(shared: shared)
+    }
+
+    func post(member i: Int, _ phase: Phase, call: Int, shared: Bool) {
+        fvd_atomic_store_u64(progress(i), Self.target(call: call, phase: phase))
+        wakeIfSleeping(shared: shared)
+    }
+
+    /// After a store a waiter may be sleeping on: wake it. The fence orders the store before
+    /// the read of `sleepers` (a waiter counts itself before it last checks), so no wake is lost.
+    private func wakeIfSleeping(shared: Bool) {
+        fvd_fence()
+        if fvd_atomic_load_u32(sleepers) > 0 { wake(shared: shared) }
     }
 
     func wake(shared: Bool) {
         fvd_atomic_add_u32(sequence, 1)
-        if fvd_atomic_load_u32(sleepers) > 0 {
-            _ = fvd_futex_wake(sequence, Int32.max, shared ? 1 : 0)
-        }
+        _ = fvd_futex_wake(sequence, Int32.max, shared ? 1 : 0)
     }
 
-    /// Members whose progress is below `target`.
-    func missing(below target: UInt64) -> [Int] {
-        (0..<memberCount).filter { fvd_atomic_load_u64(progress($0)) < target }
+    func hasArrived(_ i: Int, call: Int) -> Bool { fvd_atomic_load_u64(slot(i, call: call).arrivalWord) == UInt64(call + 1) }
+
+    func allArrived(call: Int) -> Bool {
+        for i in 0..<memberCount where !hasArrived(i, call: call) { return false }
+        return true
     }
 
     func allReached(_ target: UInt64) -> Bool {
@@ -76,48 +134,66 @@ final class SyncWords: @unchecked Sendable {
         return true
     }
 
-    /// Waits until every member's progress reaches `target`.
+    /// Members that have not arrived at `call`, or not reached `phase` of it.
+    func missing(call: Int, phase: Phase?) -> [Int] {
+        guard let phase else { return (0..<memberCount).filter { !hasArrived($0, call: call) } }
+        let target = Self.target(call: call, phase: phase)
+        return (0..<memberCount).filter { fvd_atomic_load_u64(progress($0)) < target }
+    }
+
+    /// Blocks until `condition` holds.
     ///
-    /// Spins briefly when the waiters fit on the cores, then yields a few times, then
-    /// sleeps on a futex (so 8 ranks on 2 cores stay fast). `check` runs before each
-    /// sleep and throws to abandon the wait (abort, peer exit); returns `false` at the
-    /// deadline.
+    /// When the waiters fit on the cores it spins (about 50 µs of `pause`s by count, then
+    /// by the clock up to 250 µs), then yields a few times, then sleeps on the futex in
+    /// slices of at most 50 ms (so a lost wake could only delay). The clock is first read
+    /// once the spin budget is spent. `check` runs every few thousand spins and before each
+    /// sleep, and throws to abandon the wait (abort, peer exit). Returns `false` when
+    /// `timeout` (nanoseconds, counted from the first sleep) has passed.
     func wait(
-        for target: UInt64, spin: Bool, shared: Bool, deadline: UInt64, check: () throws -> Void
+        until condition: () -> Bool, spin: Bool, shared: Bool, timeout: UInt64, check: () throws -> Void
     ) rethrows -> Bool {
-        if allReached(target) { return true }
+        if condition() { return true }
         if spin {
-            // Bounded by time, not iterations: a `pause` costs 10–150 cycles depending on the
-            // CPU, and a peer that is descheduled (other load on the cores) would otherwise
-            // cost each wait a millisecond of spinning.
-            let spinUntil = DispatchTime.now().uptimeNanoseconds &+ spinNanoseconds
+            for i in 1...2048 {
+                fvd_cpu_relax()
+                if condition() { return true }
+                if i & 1023 == 0 { try check() }
+            }
+            let spinUntil = fvd_now_ns() &+ 200_000
             var i = 0
             while true {
                 fvd_cpu_relax()
-                if allReached(target) { return true }
+                if condition() { return true }
                 i &+= 1
-                if i & 63 == 0 {
-                    if DispatchTime.now().uptimeNanoseconds > spinUntil { break }
-                    if i & 1023 == 0 { try check() }
+                if i & 255 == 0 {
+                    try check()
+                    if fvd_now_ns() > spinUntil { break }
                 }
             }
         }
-        for _ in 0..<(spin ? 16 : 4) {
+        for _ in 0..<(spin ? 16 : 64) {
             sched_yield()
-            if allReached(target) { return true }
+            if condition() { return true }
         }
+        let (sum, overflow) = fvd_now_ns().addingReportingOverflow(timeout)
+        let deadline = overflow ? UInt64.max : sum
         while true {
-            let seen = fvd_atomic_load_u32(sequence)
-            if allReached(target) { return true }
-            try check()
-            let now = DispatchTime.now().uptimeNanoseconds
-            if now >= deadline { return allReached(target) }
-            // Sleep at most 50 ms so that a missed wake can only delay, never hang.
-            let slice = Int64(min(deadline - now, 50_000_000))
             fvd_atomic_add_u32(sleepers, 1)
-            if !allReached(target) {
-                _ = fvd_futex_wait(sequence, seen, slice, shared ? 1 : 0)
+            let seen = fvd_atomic_load_u32(sequence)
+            if condition() {
+                fvd_atomic_sub_u32(sleepers, 1)
+                return true
             }
+            do { try check() } catch {
+                fvd_atomic_sub_u32(sleepers, 1)
+                throw error
+            }
+            let now = fvd_now_ns()
+            if now >= deadline {
+                fvd_atomic_sub_u32(sleepers, 1)
+                return condition()
+            }
+            _ = fvd_futex_wait(sequence, seen, Int64(min(deadline - now, 50_000_000)), shared ? 1 : 0)
             fvd_atomic_sub_u32(sleepers, 1)
         }
     }
@@ -127,7 +203,7 @@ final class SyncWords: @unchecked Sendable {
 protocol WaitingWorld: AnyObject {
     var timeoutNanoseconds: UInt64 { get }
     var spin: Bool { get }
-    /// The error that ends this rank's use of the world, if any.
+    /// The error that ends this rank's use of the world, if any (cheap when there is none).
     var abortError: FVDError? { get }
     /// World ranks among `ranks` that have left (finished, failed or died).
     func goneRanks(among ranks: [Int]) -> [Int]
@@ -136,34 +212,38 @@ protocol WaitingWorld: AnyObject {
     func abort(_ error: FVDError, tellPeers: Bool)
 }
 
-extension SyncWords {
-    /// Blocks until every member reached `phase` of `call`, for ``PeerMemoryChannel/wait(_:call:op:)``.
+extension GroupRegion {
+    /// Blocks until every member arrived at `call` (`phase` nil) or reached `phase` of it,
+    /// for ``PeerMemoryChannel/waitArrival(call:op:)`` and ``PeerMemoryChannel/wait(_:call:op:)``.
     ///
-    /// Only `.arrived` has a deadline. Throws the world's abort error, ``FVDError/peerExited(rank:op:group:)``
-    /// for a member that left while still missing, or ``FVDError/timeout(op:group:call:arrived:missing:seconds:)``.
-    func waitForPhase(
-        _ phase: Phase, call: Int, op: String, label: String, members: [Int], shared: Bool, world: some WaitingWorld
+    /// Only the arrival has a deadline: later phases wait for ranks that are already inside
+    /// the call. Throws the world's abort error, ``FVDError/peerExited(rank:op:group:)`` for
+    /// a member that left while still missing, or ``FVDError/timeout(op:group:call:arrived:missing:seconds:)``.
+    func waitFor(
+        _ phase: Phase?, call: Int, op: CollectiveOp, label: String, members: [Int], shared: Bool, world: some WaitingWorld
     ) throws {
-        let target = SyncWords.target(call: call, phase: phase)
-        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(world.timeoutNanoseconds)
-        let deadline = phase == .arrived && !overflow ? sum : .max
-        let reached = try wait(for: target, spin: world.spin, shared: shared, deadline: deadline) {
+        let target = phase.map { Self.target(call: call, phase: $0) } ?? 0
+        let condition = { phase == nil ? self.allArrived(call: call) : self.allReached(target) }
+        let reached = try wait(
+            until: condition, spin: world.spin, shared: shared, timeout: phase == nil ? world.timeoutNanoseconds : .max
+        ) {
             if let error = world.abortError { throw error }
             // Read who left first: a rank's last posts come before it leaves, so one that
             // posted and then left is not mistaken for a missing one.
             let gone = world.goneRanks(among: members)
-            let missing = self.missing(below: target).map { members[$0] }
+            if gone.isEmpty { return }
+            let missing = self.missing(call: call, phase: phase).map { members[$0] }
             if let rank = gone.first(where: missing.contains) {
                 if let error = world.abortError { throw error }  // it failed rather than finished
-                let error = FVDError.peerExited(rank: rank, op: op, group: label)
+                let error = FVDError.peerExited(rank: rank, op: op.name, group: label)
                 world.abort(error, tellPeers: false)
                 throw error
             }
         }
         if !reached {
-            let missing = self.missing(below: target).map { members[$0] }
+            let missing = self.missing(call: call, phase: phase).map { members[$0] }
             let error = FVDError.timeout(
-                op: op, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
+                op: op.name, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
                 seconds: Double(world.timeoutNanoseconds) / 1e9)
             world.abort(error, tellPeers: true)
             throw error
