@@ -3,17 +3,22 @@
  * ours, so Benchmarks/compare-mpi.sh can put them side by side.
  *
  *   mpicc -O2 -Wall -Wextra -o mpi_bench mpi_bench.c
- *   mpirun -n W ./mpi_bench [-b 64K] [-e 64M] [-f 4] [--warmup 5] [--iters 20]
- *                           [--dtype float32|bfloat16|float16] [--op all_reduce|all_gather|all_to_all|all]
+ *   mpirun -n W ./mpi_bench [-b 64K] [-e 64M] [-f 4] [--warmup 5] [--iters 20] [--rounds 1]
+ *                           [--dtype float32|bfloat16|float16]
+ *                           [--op all_reduce|all_gather|all_to_all|reduce_scatter|broadcast|barrier|sendrecv|all]
  *
  * Sizes are bytes of each rank's input (K/M/G = 2^10/2^20/2^30). Per size, the buffers are
  * allocated once and written before timing; each iteration starts after MPI_Barrier, and its
  * time is the slowest rank's (MPI_Reduce MAX over ranks of each iteration's time). Rank 0
- * prints one JSON object to stdout: the median, fastest and slowest of those iterations, with
- * the key names of fvd-bench/1 where they apply, plus input_gbps = input_bytes / median time.
- * all_to_all is reported as "all_to_all_4d" (the op fvd compares it with); its count is
- * rounded down to a multiple of the world size. 16-bit dtypes travel as MPI_UINT16_T, so they
- * are only timed for all_gather and all_to_all (a sum over MPI_UINT16_T would be wrong).
+ * prints one JSON object to stdout: the median iteration (with --rounds R, the median of the
+ * R rounds' medians), the fastest and slowest iteration, with the key names of fvd-bench/1
+ * where they apply, plus input_gbps = input_bytes / median time. all_to_all is reported as
+ * "all_to_all_4d" (the op fvd compares it with); its count, and reduce_scatter's
+ * (MPI_Reduce_scatter_block), are rounded down to a multiple of the world size. broadcast is
+ * MPI_Bcast from rank 0; barrier is MPI_Barrier, one row of size 0; sendrecv is a ping-pong of
+ * MPI_Send and MPI_Recv between ranks 0 and 1 (osu_latency), reported as half the round
+ * trip. 16-bit dtypes travel as MPI_UINT16_T, so they are not timed for the reductions (a
+ * sum over MPI_UINT16_T would be wrong).
  */
 #include <mpi.h>
 #include <stdint.h>
@@ -22,9 +27,11 @@
 #include <string.h>
 #include <time.h>
 
-enum op { OP_ALL_REDUCE, OP_ALL_GATHER, OP_ALL_TO_ALL, OP_COUNT };
-static const char *const op_names[OP_COUNT] = {"all_reduce", "all_gather", "all_to_all"};
-static const char *const op_json[OP_COUNT] = {"all_reduce", "all_gather", "all_to_all_4d"};
+enum op { OP_ALL_REDUCE, OP_ALL_GATHER, OP_ALL_TO_ALL, OP_REDUCE_SCATTER, OP_BROADCAST, OP_BARRIER, OP_SENDRECV, OP_COUNT };
+static const char *const op_names[OP_COUNT] = {
+    "all_reduce", "all_gather", "all_to_all", "reduce_scatter", "broadcast", "barrier", "sendrecv"};
+static const char *const op_json[OP_COUNT] = {
+    "all_reduce", "all_gather", "all_to_all_4d", "reduce_scatter", "broadcast", "barrier", "sendrecv"};
 
 static int rank, world;
 
@@ -74,22 +81,39 @@ static void run_op(enum op op, const void *in, void *out, int count, MPI_Datatyp
     case OP_ALL_TO_ALL:
         MPI_Alltoall(in, count / world, type, out, count / world, type, MPI_COMM_WORLD);
         break;
+    case OP_REDUCE_SCATTER: MPI_Reduce_scatter_block(in, out, count / world, type, MPI_SUM, MPI_COMM_WORLD); break;
+    case OP_BROADCAST: MPI_Bcast(rank == 0 ? (void *)in : out, count, type, 0, MPI_COMM_WORLD); break;
+    case OP_BARRIER: MPI_Barrier(MPI_COMM_WORLD); break;
+    case OP_SENDRECV:
+        if (rank == 0) {
+            MPI_Send(in, count, type, 1, 0, MPI_COMM_WORLD);
+            MPI_Recv(out, count, type, 1, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        } else if (rank == 1) {
+            MPI_Recv(out, count, type, 0, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            MPI_Send(out, count, type, 0, 0, MPI_COMM_WORLD);
+        }
+        break;
     default: break;
     }
 }
 
 /* Times `op` for one size; on rank 0 prints the JSON row (preceded by `sep`). */
-static void bench(enum op op, size_t bytes, int warmup, int iters, const char *dtype,
+static void bench(enum op op, size_t bytes, int warmup, int iters, int rounds, const char *dtype,
                   MPI_Datatype type, size_t esize, const char *sep) {
     size_t count = bytes / esize;
-    if (op == OP_ALL_TO_ALL) count -= count % (size_t)world;
-    if (count < (size_t)world) count = (size_t)world;
+    if (op == OP_ALL_TO_ALL || op == OP_REDUCE_SCATTER) {
+        count -= count % (size_t)world;
+        if (count < (size_t)world) count = (size_t)world;
+    }
+    if (count < 1) count = 1;
+    if (op == OP_BARRIER) count = 0;
     if (count > (size_t)INT32_MAX / (size_t)world) die("size too large for an int count", NULL);
     size_t in_bytes = count * esize;
     size_t out_bytes = op == OP_ALL_GATHER ? in_bytes * (size_t)world : in_bytes;
+    int samples = iters * rounds;
 
-    unsigned char *in = malloc(in_bytes), *out = malloc(out_bytes);
-    double *t = malloc(sizeof(double) * (size_t)iters), *tmax = malloc(sizeof(double) * (size_t)iters);
+    unsigned char *in = malloc(in_bytes + 1), *out = malloc(out_bytes + 1);
+    double *t = malloc(sizeof(double) * (size_t)samples), *tmax = malloc(sizeof(double) * (size_t)samples);
     if (!in || !out || !t || !tmax) {
         fprintf(stderr, "mpi_bench: rank %d: out of memory at %zu bytes\n", rank, out_bytes);
         MPI_Abort(MPI_COMM_WORLD, 1); /* the other ranks may already wait in a collective */
@@ -102,24 +126,37 @@ static void bench(enum op op, size_t bytes, int warmup, int iters, const char *d
     }
     memset(out, 0, out_bytes); /* fault the output pages in before timing */
 
-    for (int i = 0; i < warmup + iters; i++) {
-        MPI_Barrier(MPI_COMM_WORLD);
-        double t0 = now();
-        run_op(op, in, out, (int)count, type);
-        double t1 = now();
-        if (i >= warmup) t[i - warmup] = t1 - t0;
+    /* A ping-pong's iteration is a round trip: the op's time is half of it. */
+    double scale = op == OP_SENDRECV ? 0.5 : 1.0;
+    for (int r = 0; r < rounds; r++) {
+        for (int i = 0; i < warmup + iters; i++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t0 = now();
+            run_op(op, in, out, (int)count, type);
+            double t1 = now();
+            if (i >= warmup) t[r * iters + i - warmup] = (t1 - t0) * scale;
+        }
     }
-    MPI_Reduce(t, tmax, iters, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    MPI_Reduce(t, tmax, samples, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
 
     if (rank == 0) {
-        qsort(tmax, (size_t)iters, sizeof(double), cmp_double);
-        double med = iters % 2 ? tmax[iters / 2] : (tmax[iters / 2 - 1] + tmax[iters / 2]) / 2;
+        /* The median of the rounds' medians; the fastest and slowest of all iterations. */
+        double *medians = malloc(sizeof(double) * (size_t)rounds);
+        for (int r = 0; r < rounds; r++) {
+            double *round = tmax + (size_t)r * (size_t)iters;
+            qsort(round, (size_t)iters, sizeof(double), cmp_double);
+            medians[r] = iters % 2 ? round[iters / 2] : (round[iters / 2 - 1] + round[iters / 2]) / 2;
+        }
+        qsort(medians, (size_t)rounds, sizeof(double), cmp_double);
+        double med = rounds % 2 ? medians[rounds / 2] : (medians[rounds / 2 - 1] + medians[rounds / 2]) / 2;
+        free(medians);
+        qsort(tmax, (size_t)samples, sizeof(double), cmp_double);
         size_t size_bytes = op == OP_ALL_GATHER ? out_bytes : in_bytes; /* nccl-tests' size */
         printf("%s\n    {\"op\": \"%s\", \"input_bytes\": %zu, \"size_bytes\": %zu, \"count\": %zu, "
                "\"dtype\": \"%s\", \"time_us\": %.3f, \"time_us_min\": %.3f, \"time_us_max\": %.3f, "
                "\"input_gbps\": %.4f, \"algbw_gbps\": %.4f}",
                sep, op_json[op], in_bytes, size_bytes, count, dtype, med * 1e6, tmax[0] * 1e6,
-               tmax[iters - 1] * 1e6, (double)in_bytes / med / 1e9, (double)size_bytes / med / 1e9);
+               tmax[samples - 1] * 1e6, (double)in_bytes / med / 1e9, (double)size_bytes / med / 1e9);
         fflush(stdout);
     }
     free(in); free(out); free(t); free(tmax);
@@ -132,14 +169,15 @@ int main(int argc, char **argv) {
 
     size_t b = 64 << 10, e = 64 << 20;
     double f = 4;
-    int warmup = 5, iters = 20, ops[OP_COUNT] = {1, 1, 1};
+    int warmup = 5, iters = 20, rounds = 1, ops[OP_COUNT] = {1, 1, 1, 1, 1, 1, 1};
     const char *dtype = "float32";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             if (rank == 0)
-                printf("usage: mpirun -n W %s [-b 64K] [-e 64M] [-f 4] [--warmup 5] [--iters 20]\n"
-                       "       [--dtype float32|bfloat16|float16] [--op all_reduce|all_gather|all_to_all|all]\n",
+                printf("usage: mpirun -n W %s [-b 64K] [-e 64M] [-f 4] [--warmup 5] [--iters 20] [--rounds 1]\n"
+                       "       [--dtype float32|bfloat16|float16]\n"
+                       "       [--op all_reduce|all_gather|all_to_all|reduce_scatter|broadcast|barrier|sendrecv|all]\n",
                        argv[0]);
             MPI_Finalize();
             return 0;
@@ -151,6 +189,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-f")) f = (double)parse_int(v, 2);
         else if (!strcmp(a, "--warmup")) warmup = parse_int(v, 0);
         else if (!strcmp(a, "--iters")) iters = parse_int(v, 1);
+        else if (!strcmp(a, "--rounds")) rounds = parse_int(v, 1);
         else if (!strcmp(a, "--dtype")) dtype = v;
         else if (!strcmp(a, "--op")) {
             int k, all = !strcmp(v, "all");
@@ -160,15 +199,19 @@ int main(int argc, char **argv) {
         } else die("unknown option: ", a);
     }
     if (b > e) die("-b is larger than -e", NULL);
+    if (ops[OP_SENDRECV] && world < 2) {
+        if (rank == 0) fprintf(stderr, "mpi_bench: skipping sendrecv (needs 2 ranks)\n");
+        ops[OP_SENDRECV] = 0;
+    }
 
     MPI_Datatype type;
     size_t esize;
     if (!strcmp(dtype, "float32")) { type = MPI_FLOAT; esize = 4; }
     else if (!strcmp(dtype, "bfloat16") || !strcmp(dtype, "float16")) {
         type = MPI_UINT16_T; esize = 2;
-        if (ops[OP_ALL_REDUCE] && rank == 0)
-            fprintf(stderr, "mpi_bench: skipping all_reduce for %s (no MPI sum for it)\n", dtype);
-        ops[OP_ALL_REDUCE] = 0;
+        if ((ops[OP_ALL_REDUCE] || ops[OP_REDUCE_SCATTER]) && rank == 0)
+            fprintf(stderr, "mpi_bench: skipping the reductions for %s (no MPI sum for it)\n", dtype);
+        ops[OP_ALL_REDUCE] = ops[OP_REDUCE_SCATTER] = 0;
     } else die("unsupported dtype: ", dtype);
 
     char version[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -177,13 +220,19 @@ int main(int argc, char **argv) {
     version[strcspn(version, ",\n")] = '\0';
     if (rank == 0)
         printf("{\"schema\": \"mpi-bench/1\", \"library\": \"%s\", \"world_size\": %d, \"dtype\": \"%s\", "
-               "\"warmup\": %d, \"iterations\": %d, \"timing\": \"median over iterations of the max over ranks\", "
-               "\"rows\": [", version, world, dtype, warmup, iters);
+               "\"warmup\": %d, \"iterations\": %d, \"rounds\": %d, "
+               "\"timing\": \"median over rounds of the median over iterations of the max over ranks\", "
+               "\"rows\": [", version, world, dtype, warmup, iters, rounds);
     const char *sep = "";
     for (int k = 0; k < OP_COUNT; k++) {
         if (!ops[k]) continue;
+        if (k == OP_BARRIER) {
+            bench((enum op)k, 0, warmup, iters, rounds, dtype, type, esize, sep);
+            sep = ",";
+            continue;
+        }
         for (size_t s = b; s <= e; s = (size_t)((double)s * f)) {
-            bench((enum op)k, s, warmup, iters, dtype, type, esize, sep);
+            bench((enum op)k, s, warmup, iters, rounds, dtype, type, esize, sep);
             sep = ",";
         }
     }

@@ -22,17 +22,19 @@ struct BenchCommandTests {
         ])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stderr.isEmpty, "no progress noise when stderr is not a terminal: \(result.stderr)")
+        // Three sizes of every op but the barrier, which has one row of size 0.
+        let rowCount = (BenchOperation.allCases.count - 1) * 3 + 1
         let tableLines = result.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }
-        #expect(tableLines.count == 4 * 3)
+        #expect(tableLines.count == rowCount)
         #expect(result.stdout.contains("# Avg bus bandwidth"))
 
         // JSON: the documented keys, one row per (op, size), in-place only where it exists.
         let document = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
-        #expect(Set(document.keys) == ["schema", "transport", "world_size", "dtype", "warmup", "iterations", "rows", "avg_busbw_gbps"])
+        #expect(Set(document.keys) == ["schema", "transport", "world_size", "dtype", "warmup", "iterations", "rounds", "rows", "avg_busbw_gbps"])
         #expect(document["schema"] as? String == "fvd-bench/1")
         #expect(document["world_size"] as? Int == 3)
         let rows = try #require(document["rows"] as? [[String: Any]])
-        #expect(rows.count == 12)
+        #expect(rows.count == rowCount)
         let timingKeys: Set = ["time_us", "time_us_min", "time_us_max", "algbw_gbps", "busbw_gbps", "percent_of_copy_model"]
         for row in rows {
             let op = try #require(row["op"] as? String)
@@ -48,9 +50,9 @@ struct BenchCommandTests {
         #expect(decoded.rows.map(\.inputBytes).prefix(3) == [8192, 16384, 32768])
         #expect(decoded.rows.filter { $0.op == .allGather }.map(\.bytes) == [3 * 8192, 3 * 16384, 3 * 32768])
 
-        // CSV: a header and 12 lines of the same width.
+        // CSV: a header and a line per row, all of the same width.
         let csvLines = try String(contentsOf: csv, encoding: .utf8).split(separator: "\n")
-        #expect(csvLines.count == 13)
+        #expect(csvLines.count == rowCount + 1)
         let width = csvLines[0].split(separator: ",", omittingEmptySubsequences: false).count
         #expect(csvLines.allSatisfy { $0.split(separator: ",", omittingEmptySubsequences: false).count == width })
 
@@ -65,10 +67,32 @@ struct BenchCommandTests {
         #expect(htmlText.contains("<svg") && htmlText.contains("all_to_all_4d"))
     }
 
+    @Test("every op runs from 8 bytes (the all-to-all as [1, 1, n, 1]); rounds and the ping-pong's half round trip are reported")
+    func smallSizes() throws {
+        let folder = try temporaryFolder("bench-small")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let json = folder.appendingPathComponent("r.json")
+        let result = try runFVD([
+            "bench", "-b", "8", "-e", "8", "--warmup", "1", "--iters", "3", "--rounds", "2", "--json", json.path,
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: json))
+        #expect(report.rounds == 2 && report.rows.count == BenchOperation.allCases.count)
+        for row in report.rows {
+            let expected = row.op == .barrier ? 0 : 8
+            #expect(row.inputBytes == expected, "\(row.op)")
+            #expect(row.outOfPlace.medianMicroseconds > 0 && row.outOfPlace.minMicroseconds <= row.outOfPlace.medianMicroseconds)
+        }
+        let a2a = try #require(report.rows.first { $0.op == .allToAll4D })
+        #expect(a2a.count == 2, "[1, 1, 2, 1]")
+    }
+
     @Test(
         "bad options are one-line errors",
         arguments: [
-            (["--op", "broadcast"], "unknown op 'broadcast'"),
+            (["--op", "gather"], "unknown op 'gather'"),
+            (["--op", "sendrecv", "--world-size", "1"], "sendrecv needs a world of at least 2 ranks"),
+            (["--rounds", "0"], "iterations and rounds must be >= 1"),
             (["--dtype", "float8"], "unknown dtype 'float8'"),
             (["-b", "1M", "-e", "4K"], "need 1 <= -b <= -e"),
             (["-b", "12Q"], "invalid size '12Q'"),

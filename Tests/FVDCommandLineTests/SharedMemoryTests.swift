@@ -107,9 +107,11 @@ struct SharedMemoryTests {
         let json = folder.appendingPathComponent("r.json")
         let result = try runFVD(["bench", "--transport", "shm", "--world-size", "3", "-b", "64K", "-e", "64K", "--warmup", "0", "--iters", "2", "--json", json.path])
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }.count == 4, "\(result.stdout)")
+        // One row per op; the barrier has no sizes.
+        let ops = BenchOperation.allCases.count
+        #expect(result.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }.count == ops, "\(result.stdout)")
         let report = try JSONDecoder().decode(BenchReport.self, from: Data(contentsOf: json))
-        #expect(report.transport == "shm" && report.worldSize == 3 && report.rows.count == 4)
+        #expect(report.transport == "shm" && report.worldSize == 3 && report.rows.count == ops)
     }
 
     @Test("fvd demo --transport shm: the block on 4 processes matches one rank")

@@ -44,6 +44,24 @@ struct LayoutTests {
         }
     }
 
+    @Test("the even all-to-all's arithmetic plan is the general plan with equal splits")
+    func evenAllToAll() {
+        for (shape, n) in [([2, 3, 4, 5], 2), ([1, 1, 6, 1], 3), ([3, 4, 8, 2], 4), ([1, 2, 2, 7], 1)] {
+            for scatterHeads in [true, false] {
+                var input = shape
+                if !scatterHeads { input[1] = shape[1] * n; input[2] = shape[2] / n }
+                guard input[scatterHeads ? 2 : 1] % n == 0 else { continue }
+                let even = Layout.EvenAllToAll4D(scatterHeads: scatterHeads, shape: input, parts: n, elementSize: 2)
+                let seq = Array(repeating: scatterHeads ? input[1] : input[1] / n, count: n)
+                let heads = Array(repeating: scatterHeads ? input[2] / n : input[2], count: n)
+                let general = Layout.AllToAll4D(
+                    scatterHeads: scatterHeads, batch: input[0], seq: seq, heads: heads, headDim: input[3], elementSize: 2)
+                #expect(even.outputShape(headDim: input[3]) == general.outputShape(rank: 0))
+                for j in 0..<n { for r in 0..<n { #expect(even.copy(from: j, to: r) == general.copy(from: j, to: r)) } }
+            }
+        }
+    }
+
     @Test("the 4-D all-to-all plan matches the formulas, also for uneven splits")
     func allToAllUneven() {
         let seq = [3, 1, 2], heads = [2, 3, 1], b = 2, d = 2

@@ -140,17 +140,73 @@ struct PointToPointTests {
         #expect(throws: FVDError.self) { try exited[1].get() }
         #expect("\(exited[1])".contains("rank 0 exited"), "\(exited[1])")
 
+        // A large send waits for its receiver; small ones return at once, and the third
+        // unreceived small one waits for the first to be taken.
         let start = Date()
+        let large = try Tensor(zeros: [4096], dtype: .float32)
         let timedOut = try World.inProcess(size: 2, timeout: 0.5).runEach { world -> Tensor? in
             if world.rankInGroup == 0 {
-                try world.send(Tensor.empty, to: 1)  // rank 1 receives from nobody: both wait
+                try world.send(large, to: 1)  // rank 1 receives from nobody
                 return nil
             }
             Thread.sleep(forTimeInterval: 2)
             return nil
         }
         #expect("\(timedOut[0])".contains("send in group world:0->1 [0, 1] (call #0) timed out after 0.5 s waiting for rank 1"), "\(timedOut[0])")
-        #expect(Date().timeIntervalSince(start) < 10)
+        let eager = try World.inProcess(size: 2, timeout: 0.5).runEach { world -> Int in
+            guard world.rankInGroup == 0 else {
+                Thread.sleep(forTimeInterval: 2)
+                return 0
+            }
+            var sent = 0
+            for _ in 0..<3 {
+                try world.send(Tensor([Float(sent)]), to: 1)
+                sent += 1
+            }
+            return sent
+        }
+        #expect("\(eager[0])".contains("send in group world:0->1 [0, 1] (call #1) timed out after 0.5 s waiting for rank 1"), "\(eager[0])")
+        #expect(Date().timeIntervalSince(start) < 15)
+    }
+
+    @Test("a large send after eager small ones waits until the receiver took them: a slow receiver gets every message")
+    func largeAfterEager() throws {
+        let large = randomTensor([5000], .float32, seed: 7)
+        let results = try World.inProcess(size: 2, timeout: 30).run { world -> [Tensor] in
+            if world.rankInGroup == 0 {
+                for round in 0..<3 {
+                    try world.send(Tensor([Float(round), 1]), to: 1)
+                    try world.send(Tensor([Float(round), 2]), to: 1)
+                    try world.send(large, to: 1)
+                }
+                return []
+            }
+            var received: [Tensor] = []
+            for _ in 0..<9 {
+                Thread.sleep(forTimeInterval: 0.01)
+                received.append(try world.recv(from: 0))
+            }
+            return received
+        }
+        for round in 0..<3 {
+            #expect(results[1][3 * round] == Tensor([Float(round), 1]))
+            #expect(results[1][3 * round + 1] == Tensor([Float(round), 2]))
+            #expect(results[1][3 * round + 2] == large)
+        }
+    }
+
+    @Test("small sends are eager: two ranks may both send before they receive, and the messages keep their order")
+    func eagerSends() throws {
+        let results = try World.inProcess(size: 2, timeout: 30).run { world -> [Float] in
+            let peer = 1 - world.rankInGroup
+            var received: [Float] = []
+            for round in 0..<50 {
+                try world.send(Tensor([Float(world.rankInGroup * 1000 + round)]), to: peer)
+                received += try world.recv(from: peer).scalars(as: Float.self)
+            }
+            return received
+        }
+        for rank in 0..<2 { #expect(results[rank] == (0..<50).map { Float((1 - rank) * 1000 + $0) }) }
     }
 }
 

@@ -40,6 +40,21 @@ static inline uint64_t fvd_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/// A cheap monotonic counter for timing calls: the time-stamp counter on x86-64 (about
+/// 10 ns to read, against 25 ns for clock_gettime), the virtual counter on arm64, else
+/// CLOCK_MONOTONIC in nanoseconds. Its rate is measured once (TickClock).
+static inline uint64_t fvd_ticks(void) {
+#if defined(__x86_64__)
+    return __builtin_ia32_rdtsc();
+#elif defined(__aarch64__)
+    uint64_t value;
+    __asm__ __volatile__("mrs %0, cntvct_el0" : "=r"(value));
+    return value;
+#else
+    return fvd_now_ns();
+#endif
+}
+
 /// CLOCK_REALTIME in nanoseconds since 1970.
 static inline uint64_t fvd_wall_ns(void) {
     struct timespec ts;

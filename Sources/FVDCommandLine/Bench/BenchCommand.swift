@@ -8,17 +8,22 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time the collectives over a range of sizes (nccl-tests style) beside memcpy of the same bytes.",
         discussion: """
-            Sizes (-b, -e) are bytes of each rank's input. Columns follow nccl-tests: size (all_gather: the \
-            gathered output), count, dtype, then for the out-of-place and the in-place form (all_reduce and \
-            all_gather have one) the median time, algbw = size / time and busbw = algbw × the op's bus factor \
-            (all_reduce 2(n-1)/n, the others (n-1)/n). 'model%' is the time of memcpy of the op's copy-model \
-            bytes on every rank at once, measured in the same run, as a percentage of the collective's time \
-            (100% = as fast as a perfect implementation on this host); 'memcpy' is that copy's bandwidth. \
-            --json, --csv and --plot (.svg or .html) write the results to files. Build with -c release.
+            Sizes (-b, -e) are bytes of each rank's input, from 1 byte (the all-to-all's smallest shape is \
+            [1, 1, n, 1]). Columns follow nccl-tests: size (all_gather: the gathered output), count, dtype, \
+            then for the out-of-place and the in-place form (all_reduce and all_gather have one) the time, \
+            algbw = size / time and busbw = algbw × the op's bus factor (all_reduce 2(n-1)/n; all_gather, \
+            reduce_scatter, all_to_all_4d (n-1)/n; broadcast and sendrecv 1). Each iteration starts at a \
+            barrier and counts as its slowest rank's time; the time is the median iteration, or with \
+            --rounds R the median of the R rounds' medians. sendrecv is a ping-pong between ranks 0 and 1 \
+            (osu_latency): its time is half the round trip. barrier is one row, of size 0. 'model%' is the \
+            time of memcpy of the op's copy-model bytes on every rank at once, timed between the same \
+            iterations, as a percentage of the collective's time (100% = as fast as a perfect \
+            implementation on this host); 'memcpy' is that copy's bandwidth. --json, --csv and --plot \
+            (.svg or .html) write the results to files. Build with -c release.
             """
     )
 
-    @Option(help: "all_reduce, all_gather, reduce_scatter, all_to_all_4d or all.")
+    @Option(help: "all_reduce, all_gather, reduce_scatter, all_to_all_4d, broadcast, barrier, sendrecv, or all.")
     var op: String = "all"
     @Option(name: .customLong("world-size"), help: "Number of ranks.")
     var worldSize: Int = 2
@@ -36,6 +41,8 @@ struct BenchCommand: ParsableCommand {
     var warmup: Int = 5
     @Option(help: "Timed iterations; the median is reported.")
     var iters: Int = 20
+    @Option(help: "Rounds of warmup and iterations per row; the median round is reported.")
+    var rounds: Int = 1
     @Option(help: "Write the results as JSON to this file (schema fvd-bench/1).")
     var json: String?
     @Option(help: "Write the results as CSV to this file.")
@@ -58,7 +65,8 @@ struct BenchCommand: ParsableCommand {
             let printing = if case .process(let world) = ranks { world.rank == 0 } else { true }
             if printing {
                 print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
-                    + "median of \(iters) iterations after \(warmup) warmup")
+                    + "median of \(iters) iterations after \(warmup) warmup"
+                    + (rounds > 1 ? ", median of \(rounds) rounds" : ""))
                 print(BenchReport.tableHeader)
             }
             let report = try runBenchmark(config, ranks: ranks) { done, total, what in
@@ -95,6 +103,7 @@ struct BenchCommand: ParsableCommand {
         config.factor = factor
         config.warmup = warmup
         config.iterations = iters
+        config.rounds = rounds
         if op != "all" {
             guard let o = BenchOperation(rawValue: op) else {
                 throw FVDError.invalidArgument(

@@ -18,8 +18,9 @@ extension BenchReport {
     static func tableLine(_ r: BenchRow) -> String {
         let placements = [r.outOfPlace, r.inPlace].map { t -> String in
             guard let t else { return [pad("n/a", 10), pad("n/a", 8), pad("n/a", 8), pad("n/a", 7)].joined() }
+            // Latencies keep two decimals: 0.29 and 0.35 µs must not both read 0.3.
             return [
-                pad(String(format: "%.1f", t.medianMicroseconds), 10), pad(String(format: "%.2f", t.algorithmBandwidth), 8),
+                pad(String(format: t.medianMicroseconds < 10 ? "%.2f" : "%.1f", t.medianMicroseconds), 10), pad(String(format: "%.2f", t.algorithmBandwidth), 8),
                 pad(String(format: "%.2f", t.busBandwidth), 8), pad(String(format: "%.0f", t.percentOfCopyModel), 7),
             ].joined()
         }
@@ -79,7 +80,8 @@ extension BenchReport {
     /// The plot's title and subtitle.
     var plotTitles: (title: String, subtitle: String) {
         ("fvd bench: bus bandwidth vs message size",
-         "\(transport) transport, world size \(worldSize), \(dtype), median of \(iterations) iterations; dashed: in-place")
+         "\(transport) transport, world size \(worldSize), \(dtype), median of \(iterations) iterations"
+            + (rounds > 1 ? " × \(rounds) rounds" : "") + "; dashed: in-place")
     }
 }
 

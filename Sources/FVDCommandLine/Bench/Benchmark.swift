@@ -7,11 +7,21 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
     case allGather = "all_gather"
     case reduceScatter = "reduce_scatter"
     case allToAll4D = "all_to_all_4d"
+    case broadcast
+    case barrier
+    /// A ping-pong of `send` and `recv` between ranks 0 and 1 (osu_latency): its time is
+    /// half the round trip.
+    case sendRecv = "sendrecv"
 
     /// nccl-tests' bus-bandwidth factor: how many times the bytes cross the "bus".
     func busFactor(worldSize n: Int) -> Double {
         let f = Double(n - 1) / Double(n)
-        return self == .allReduce ? 2 * f : f
+        switch self {
+        case .allReduce: return 2 * f
+        case .allGather, .reduceScatter, .allToAll4D: return f
+        case .broadcast, .sendRecv: return 1
+        case .barrier: return 0
+        }
     }
 
     /// nccl-tests' "size" of one call, from the per-rank input bytes.
@@ -22,22 +32,32 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
     /// Whether the library has an in-place form (all-reduce and all-gather, as in torch and NCCL).
     var hasInPlaceForm: Bool { self == .allReduce || self == .allGather }
 
+    /// Whether the op moves data (all but the barrier, which is measured once, at size 0).
+    var hasSizes: Bool { self != .barrier }
+
+    /// The smallest world the op needs.
+    var minimumWorldSize: Int { self == .sendRecv ? 2 : 1 }
+
     /// Bytes a perfect implementation must copy per rank (the copy model of the team's
     /// performance notes, `shared/PERFORMANCE.md`):
-    /// all-gather writes `n × in`; all-to-all writes `in`; all-reduce writes `in/n` in its
-    /// reduce-scatter pass and `in` in its all-gather pass; reduce-scatter must read `in`.
+    /// all-gather writes `n × in`; all-to-all, broadcast and a receive write `in`; all-reduce
+    /// writes `in/n` in its reduce-scatter pass and `in` in its all-gather pass;
+    /// reduce-scatter must read `in`; a barrier moves nothing.
     func modelBytes(inputBytes: Int, worldSize n: Int) -> Int {
         switch self {
         case .allGather: return inputBytes * n
-        case .allToAll4D, .reduceScatter: return inputBytes
+        case .allToAll4D, .reduceScatter, .broadcast, .sendRecv: return inputBytes
         case .allReduce: return inputBytes + inputBytes / n
+        case .barrier: return 0
         }
     }
 }
 
 /// The timing of one placement (out-of-place or in-place) of one row.
 public struct BenchTiming: Sendable, Codable, Equatable {
-    /// Median, fastest and slowest iteration, in microseconds (rank 0's clock).
+    /// The median, in microseconds, of each round's median iteration; fastest and slowest
+    /// iteration of all rounds. An iteration's time is the slowest rank's (as mpi_bench
+    /// and the OSU benchmarks report); for `sendrecv`, half the round trip.
     public var medianMicroseconds: Double
     public var minMicroseconds: Double
     public var maxMicroseconds: Double
@@ -45,8 +65,9 @@ public struct BenchTiming: Sendable, Codable, Equatable {
     public var algorithmBandwidth: Double
     /// nccl-tests' busbw: algbw × the op's bus factor, in GB/s.
     public var busBandwidth: Double
-    /// The memcpy time of the copy-model bytes as a percentage of the median time
-    /// (100 = as fast as a perfect implementation on this host).
+    /// The memcpy time of the copy-model bytes, timed in the same iterations (after
+    /// each call), as a percentage of the median time (100 = as fast as a perfect
+    /// implementation on this host; 0 for the barrier, which copies nothing).
     public var percentOfCopyModel: Double
 
     enum CodingKeys: String, CodingKey {
@@ -76,7 +97,8 @@ public struct BenchRow: Sendable, Codable, Equatable {
     public var inPlace: BenchTiming?
     /// Bytes a perfect implementation copies per rank (see ``BenchOperation``).
     public var copyModelBytes: Int
-    /// Bandwidth of `memcpy` of the copy-model bytes on every rank at once, in the same run, GB/s.
+    /// Bandwidth of `memcpy` of the copy-model bytes on every rank at once, timed between
+    /// the calls, GB/s (0 for the barrier).
     public var memcpyBandwidth: Double
 
     enum CodingKeys: String, CodingKey {
@@ -102,22 +124,25 @@ public struct BenchReport: Sendable, Codable, Equatable {
     public var dtype: DType
     public var warmup: Int
     public var iterations: Int
+    /// Rounds of `warmup + iterations` per row; the reported time is the median round's.
+    public var rounds: Int
     public private(set) var rows: [BenchRow]
     /// nccl-tests' "Avg bus bandwidth": the mean of every busbw in `rows`, in GB/s.
     public private(set) var averageBusBandwidth: Double
 
     enum CodingKeys: String, CodingKey {
-        case schema, transport, dtype, warmup, iterations, rows
+        case schema, transport, dtype, warmup, iterations, rounds, rows
         case worldSize = "world_size"
         case averageBusBandwidth = "avg_busbw_gbps"
     }
 
-    public init(transport: String, worldSize: Int, dtype: DType, warmup: Int, iterations: Int, rows: [BenchRow]) {
+    public init(transport: String, worldSize: Int, dtype: DType, warmup: Int, iterations: Int, rounds: Int, rows: [BenchRow]) {
         self.transport = transport
         self.worldSize = worldSize
         self.dtype = dtype
         self.warmup = warmup
         self.iterations = iterations
+        self.rounds = rounds
         self.rows = rows
         let all = rows.flatMap(\.busBandwidths)
         averageBusBandwidth = all.isEmpty ? 0 : all.reduce(0, +) / Double(all.count)
@@ -134,13 +159,17 @@ public struct BenchConfiguration: Sendable {
     public var factor = 2
     public var warmup = 5
     public var iterations = 20
+    public var rounds = 1
     public init() {}
 
     /// Throws ``FVDError/invalidArgument(_:)`` naming the first setting out of range.
     public func validate() throws {
         guard worldSize >= 1 else { throw FVDError.invalidArgument("world size must be at least 1") }
-        guard iterations >= 1, warmup >= 0 else {
-            throw FVDError.invalidArgument("iterations must be >= 1 and warmup >= 0")
+        guard iterations >= 1, warmup >= 0, rounds >= 1 else {
+            throw FVDError.invalidArgument("iterations and rounds must be >= 1 and warmup >= 0")
+        }
+        if let op = operations.first(where: { $0.minimumWorldSize > worldSize }) {
+            throw FVDError.invalidArgument("\(op.rawValue) needs a world of at least \(op.minimumWorldSize) ranks")
         }
         guard factor >= 2, minBytes >= 1, minBytes <= maxBytes else {
             throw FVDError.invalidArgument(
@@ -162,7 +191,8 @@ public struct BenchConfiguration: Sendable {
     }
 }
 
-/// Times the collectives on an in-process world, and `memcpy` of the same bytes beside them.
+/// Times the collectives on `ranks`, with `memcpy` of each call's copy-model bytes timed
+/// between its iterations.
 ///
 /// `progress(done, total, what)` is called before each row is measured and `row` after.
 public func runBenchmark(
@@ -184,101 +214,146 @@ public func runBenchmark(
         everyRank = { body in try world.run(body) }
     }
     var rows: [BenchRow] = []
-    let total = config.operations.count * config.sizes.count
-    var step = 0
-    for op in config.operations {
-        for size in config.sizes {
-            progress(step, total, "\(op.rawValue) \(size) bytes")
-            step += 1
-            let count = max(1, size / config.dtype.byteSize)
-            let shape = try inputShape(op, count: count, worldSize: n)
-            // Small sizes can round to the same shape (the all-to-all's smallest is [1, 1, 4n, 128]): measure it once.
-            if rows.contains(where: { $0.op == op && $0.count == shape.reduce(1, *) }) { continue }
-            let elements = shape.reduce(1, *)
-            let inputBytes = elements * config.dtype.byteSize
-            let outOfPlace = try timeOnRankZero(everyRank, config) { group in
-                let x = try Tensor(zeros: shape, dtype: config.dtype)
-                return {
-                    switch op {
-                    case .allReduce: _ = try group.allReduce(x)
-                    case .allGather: _ = try group.allGather(x, dim: 0)
-                    case .reduceScatter: _ = try group.reduceScatter(x, dim: 0)
-                    case .allToAll4D: _ = try group.allToAll4D(x)
-                    }
+    let plan = config.operations.flatMap { op in (op.hasSizes ? config.sizes : [0]).map { (op, $0) } }
+    for (step, (op, size)) in plan.enumerated() {
+        progress(step, plan.count, op.hasSizes ? "\(op.rawValue) \(size) bytes" : op.rawValue)
+        let shape = inputShape(op, count: op.hasSizes ? max(1, size / config.dtype.byteSize) : 0, worldSize: n)
+        let elements = shape.reduce(1, *)
+        // Small sizes can round to the same shape: measure it once.
+        if rows.contains(where: { $0.op == op && $0.count == elements }) { continue }
+        let inputBytes = elements * config.dtype.byteSize
+        let modelBytes = op.modelBytes(inputBytes: inputBytes, worldSize: n)
+        let outOfPlace = try measure(everyRank, config, modelBytes: modelBytes) { group in
+            let x = try Tensor(zeros: shape, dtype: config.dtype)
+            switch op {
+            case .allReduce: return { _ = try group.allReduce(x) }
+            case .allGather: return { _ = try group.allGather(x, dim: 0) }
+            case .reduceScatter: return { _ = try group.reduceScatter(x, dim: 0) }
+            case .allToAll4D: return { _ = try group.allToAll4D(x) }
+            case .broadcast: return { _ = try group.broadcast(x) }
+            case .barrier: return { try group.barrier() }
+            case .sendRecv:
+                // Ranks 0 and 1 play ping-pong; the others wait at the iteration's barrier.
+                switch group.rankInGroup {
+                case 0: return { try group.send(x, to: 1); _ = try group.recv(from: 1) }
+                case 1: return { try group.send(try group.recv(from: 0), to: 0) }
+                default: return {}
                 }
             }
-            let inPlace: [Double]? = op.hasInPlaceForm ? try timeOnRankZero(everyRank, config) { group in
-                var y = try Tensor(zeros: op == .allGather ? [elements * n] : shape, dtype: config.dtype)
-                return {
-                    if op == .allReduce { try group.allReduce(inPlace: &y) } else { try group.allGather(inPlace: &y, dim: 0) }
-                }
-            } : nil
-            let modelBytes = op.modelBytes(inputBytes: inputBytes, worldSize: n)
-            let copyTimes = try timeOnRankZero(everyRank, config) { group in
-                let source = try Tensor(zeros: [modelBytes], dtype: .uint8)
-                var destination = try Tensor(zeros: [modelBytes], dtype: .uint8)
-                return {
-                    source.withUnsafeBytes { s in
-                        destination.withUnsafeMutableBytes { d in _ = memcpy(d.baseAddress!, s.baseAddress!, modelBytes) }
-                    }
-                    try group.barrier()
-                }
-            }
-            let copyMedian = copyTimes.median
-            let reported = op.reportedBytes(inputBytes: inputBytes, worldSize: n)
-            let timing = { (times: [Double]) -> BenchTiming in
-                let algbw = Double(reported) / times.median / 1e9
-                return BenchTiming(
-                    medianMicroseconds: times.median * 1e6, minMicroseconds: times.min()! * 1e6,
-                    maxMicroseconds: times.max()! * 1e6, algorithmBandwidth: algbw,
-                    busBandwidth: algbw * op.busFactor(worldSize: n), percentOfCopyModel: 100 * copyMedian / times.median)
-            }
-            rows.append(
-                BenchRow(
-                    op: op, bytes: reported, inputBytes: inputBytes, count: elements, dtype: config.dtype,
-                    outOfPlace: timing(outOfPlace), inPlace: inPlace.map(timing), copyModelBytes: modelBytes,
-                    memcpyBandwidth: Double(modelBytes) / copyMedian / 1e9))
-            row(rows[rows.count - 1])
         }
+        let inPlace: Measurement? = op.hasInPlaceForm ? try measure(everyRank, config, modelBytes: modelBytes) { group in
+            var y = try Tensor(zeros: op == .allGather ? [elements * n] : shape, dtype: config.dtype)
+            return {
+                if op == .allReduce { try group.allReduce(inPlace: &y) } else { try group.allGather(inPlace: &y, dim: 0) }
+            }
+        } : nil
+        // A ping-pong's iteration is a round trip: the op's time is half of it.
+        let scale = op == .sendRecv ? 0.5 : 1
+        let copyTime = outOfPlace.copy.median
+        let reported = op.reportedBytes(inputBytes: inputBytes, worldSize: n)
+        let timing = { (m: Measurement) -> BenchTiming in
+            let time = m.time * scale
+            let algbw = Double(reported) / time / 1e9
+            return BenchTiming(
+                medianMicroseconds: time * 1e6, minMicroseconds: m.fastest * scale * 1e6, maxMicroseconds: m.slowest * scale * 1e6,
+                algorithmBandwidth: algbw, busBandwidth: algbw * op.busFactor(worldSize: n),
+                percentOfCopyModel: modelBytes == 0 ? 0 : 100 * copyTime / time)
+        }
+        rows.append(
+            BenchRow(
+                op: op, bytes: reported, inputBytes: inputBytes, count: elements, dtype: config.dtype,
+                outOfPlace: timing(outOfPlace), inPlace: inPlace.map(timing), copyModelBytes: modelBytes,
+                memcpyBandwidth: modelBytes == 0 ? 0 : Double(modelBytes) / copyTime / 1e9))
+        row(rows[rows.count - 1])
     }
     return BenchReport(
         transport: ranks.name, worldSize: n, dtype: config.dtype, warmup: config.warmup, iterations: config.iterations,
-        rows: rows)
+        rounds: config.rounds, rows: rows)
 }
 
-/// The input shape for `op` with about `count` elements (a divisible 4-D shape for the all-to-all).
-private func inputShape(_ op: BenchOperation, count: Int, worldSize n: Int) throws -> [Int] {
+/// The input shape for `op` with about `count` elements: a divisible 4-D shape for the
+/// all-to-all (`[1, S/n, 4n, 128]`, or `[1, 1, n, count/n]` below that), a multiple of the
+/// group size for the reduce-scatter, `[0]` for the barrier.
+private func inputShape(_ op: BenchOperation, count: Int, worldSize n: Int) -> [Int] {
     switch op {
-    case .allReduce, .allGather: return [count]
+    case .allReduce, .allGather, .broadcast, .sendRecv, .barrier: return [count]
     case .reduceScatter: return [max(n, count / n * n)]
     case .allToAll4D:
-        // [1, S/n, H, D] with H = 4n heads of D = 128: balanced and divisible for any n.
         let heads = 4 * n, headDim = 128
-        return [1, max(1, count / (heads * headDim)), heads, headDim]
+        if count >= heads * headDim { return [1, count / (heads * headDim), heads, headDim] }
+        return [1, 1, n, max(1, count / n)]
     }
 }
 
-/// Runs `prepare` on every rank, then times the returned step `warmup + iterations` times,
-/// each after a barrier; returns this process's durations in seconds (rank 0's in process;
-/// the collective's own closing rendezvous makes a rank finish only when every rank has).
-private func timeOnRankZero(
+/// What ``measure(_:_:modelBytes:prepare:)`` found, in seconds: the median of the rounds'
+/// median iterations, the fastest and slowest iteration, and the memcpy baseline's median.
+private struct Measurement {
+    var time: Double
+    var fastest: Double
+    var slowest: Double
+    var copy: [Double]
+}
+
+/// Runs `prepare` on every rank, then `config.rounds` rounds of `warmup + iterations`
+/// iterations. Each iteration starts at a barrier and times the prepared step, then, after
+/// another barrier, `memcpy` of `modelBytes` on every rank at once (so the baseline sees
+/// the same machine state as the collective, not a quieter or busier moment). An
+/// iteration's time is the slowest rank's.
+private func measure(
     _ everyRank: (_ body: @escaping @Sendable (GroupCoordinator) throws -> [Double]) throws -> [Double],
-    _ config: BenchConfiguration,
+    _ config: BenchConfiguration, modelBytes: Int,
     prepare: @escaping @Sendable (GroupCoordinator) throws -> () throws -> Void
-) throws -> [Double] {
-    try everyRank { group -> [Double] in
+) throws -> Measurement {
+    let samples = config.rounds * config.iterations
+    let times = try everyRank { group -> [Double] in
         let step = try prepare(group)
-        var times: [Double] = []
-        for i in 0..<(config.warmup + config.iterations) {
-            try group.barrier()
-            let start = DispatchTime.now().uptimeNanoseconds
-            try step()
-            let end = DispatchTime.now().uptimeNanoseconds
-            // At least 1 ns, so bandwidths stay finite even on a coarse clock.
-            if i >= config.warmup { times.append(Double(max(end - start, 1)) / 1e9) }
+        let source = UnsafeMutableRawPointer.allocate(byteCount: max(modelBytes, 1), alignment: 64)
+        let destination = UnsafeMutableRawPointer.allocate(byteCount: max(modelBytes, 1), alignment: 64)
+        defer {
+            source.deallocate()
+            destination.deallocate()
         }
-        return times
+        memset(source, 1, modelBytes)
+        memset(destination, 0, modelBytes)
+        var mine: [Double] = []
+        mine.reserveCapacity(2 * samples)
+        var copies: [Double] = []
+        copies.reserveCapacity(samples)
+        for _ in 0..<config.rounds {
+            for i in 0..<(config.warmup + config.iterations) {
+                try group.barrier()
+                let start = monotonicNanoseconds()
+                try step()
+                let end = monotonicNanoseconds()
+                var copy: UInt64 = 0
+                if modelBytes > 0 {
+                    try group.barrier()
+                    let copyStart = monotonicNanoseconds()
+                    memcpy(destination, source, modelBytes)
+                    copy = monotonicNanoseconds() - copyStart
+                }
+                if i >= config.warmup {
+                    // At least 1 ns, so bandwidths stay finite even on a coarse clock.
+                    mine.append(Double(max(end - start, 1)) / 1e9)
+                    copies.append(Double(max(copy, 1)) / 1e9)
+                }
+            }
+        }
+        mine += copies
+        // Every rank's samples, so each iteration counts as its slowest rank's.
+        let all = try group.allGather(Tensor(mine), dim: 0).scalars(as: Double.self)
+        return (0..<(2 * samples)).map { i in stride(from: i, to: all.count, by: 2 * samples).map { all[$0] }.max()! }
     }
+    let op = Array(times[..<samples]), copy = Array(times[samples...])
+    let rounds = (0..<config.rounds).map { r in Array(op[(r * config.iterations)..<((r + 1) * config.iterations)]).median }
+    return Measurement(time: rounds.median, fastest: op.min()!, slowest: op.max()!, copy: copy)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what mpi_bench reads too).
+private func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 extension Array where Element == Double {

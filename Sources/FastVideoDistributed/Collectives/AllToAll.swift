@@ -125,6 +125,13 @@ extension GroupCoordinator {
         var arguments = ArgumentList(dimKey(scatterDim, 4), dimKey(gatherDim, 4))
         for a in (split?.arguments ?? []) + (headChunk.map { [-2, $0.index, $0.count] } ?? []) { arguments.append(a) }
         return try collective(.allToAll4D, input, arguments: arguments) { _ in
+            if split == nil, headChunk == nil, let even = evenPlan(input, scatterDim: scatterDim, gatherDim: gatherDim) {
+                let output = Tensor(uninitializedShape: even.outputShape(headDim: input.shape[3]), dtype: input.dtype)
+                try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
+                    even.copy(from: j, to: destination)
+                }
+                return output
+            }
             let shapes = (0..<size).map { channel.slot(of: $0).shape }
             let plan = try chunked(
                 try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name))
@@ -134,6 +141,22 @@ extension GroupCoordinator {
             }
             return output
         }
+    }
+
+    /// FastVideo's even all-to-all when every member passed `input`'s 4-D shape and the
+    /// arguments are valid (read from the members' slots, without building arrays); `nil`
+    /// otherwise, and ``allToAllPlan(shapes:scatterDim:gatherDim:split:_:op:)`` names the problem.
+    private func evenPlan(_ input: Tensor, scatterDim: Int, gatherDim: Int) -> Layout.EvenAllToAll4D? {
+        let shape = input.shape
+        guard shape.count == 4, let s = try? Layout.normalize(dim: scatterDim, ndim: 4, op: ""),
+            let g = try? Layout.normalize(dim: gatherDim, ndim: 4, op: ""), (s, g) == (2, 1) || (s, g) == (1, 2),
+            shape[s] % size == 0
+        else { return nil }
+        for j in 0..<size {
+            let slot = channel.slot(of: j)
+            guard slot.ndim == 4, (0..<4).allSatisfy({ slot.dimension($0) == shape[$0] }) else { return nil }
+        }
+        return Layout.EvenAllToAll4D(scatterHeads: s == 2, shape: shape, parts: size, elementSize: input.dtype.byteSize)
     }
 
     /// Checks the all-to-all's arguments against every member's input shape (`shapes`, in

@@ -20,7 +20,7 @@ func pullFromEveryMember(
     plan: (_ source: Int, _ destination: Int) -> StridedCopy
 ) throws {
     if try channel.pullByMessages(into: destination, plan: plan) { return }
-    let n = channel.members.count
+    let n = channel.memberCount
     let streaming = totalBytes >= streamingThresholdBytes
     for k in 0..<n {
         let j = (channel.index + k) % n
@@ -39,13 +39,23 @@ func pullFromEveryMember(
 ///
 /// `output` is a buffer the peers read in place (the large all-reduce's); `sends` is
 /// whether any peer reads this rank's input (not a broadcast's non-root, nor a receiver).
+/// `eager` is a send on a link that may return once its slot is published, when its data
+/// travels inline: it waits only until the receiver has taken the message two before (whose
+/// slot it reuses), and the receiver checks the headers.
+@inline(__always)
 func performCollective<R>(
     on channel: any PeerMemoryChannel, call: Int, op: CollectiveOp, input: Tensor, arguments: ArgumentList,
-    output: Tensor?, sends: Bool, body: () throws -> R
+    output: Tensor?, sends: Bool, eager: Bool = false, body: () throws -> R
 ) throws -> R {
     try channel.checkHealthy()
     let slot = channel.ownSlot(call: call)
     let byteCount = input.byteCount
+    let linkSend = eager && channel.sendsEagerly
+    let eager = linkSend && byteCount <= CallSlot.payloadCapacity
+    // A send's slot was last used by `call - 2`, which the receiver finished before it arrived
+    // at `call - 1`; when that send returned eagerly, nothing else proved it (every send waits
+    // here, the large ones too: they may follow eager ones).
+    if linkSend, call >= 2 { try channel.waitArrival(call: call - 1, op: op) }
     var payloadBytes = 0
     var inputAddress: UInt64 = 0, outputAddress = CallSlot.noOutput
     if sends, byteCount > CallSlot.payloadCapacity || output != nil {
@@ -70,9 +80,10 @@ func performCollective<R>(
         op: op, dtype: input.dtype, shape: input.shape, arguments: arguments, payloadBytes: payloadBytes, input: inputAddress,
         output: outputAddress)
     try channel.publish(call: call)
+    if eager { return try body() }
     try channel.waitArrival(call: call, op: op)
 
-    let n = channel.members.count
+    let n = channel.memberCount
     var agree = true, readInPlace = false
     for j in 0..<n {
         let peer = channel.slot(of: j)

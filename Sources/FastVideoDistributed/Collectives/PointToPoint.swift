@@ -6,10 +6,14 @@
 extension GroupCoordinator {
     /// Sends `tensor` to group rank `destination`; its shape and dtype travel with it.
     ///
-    /// Returns once the receiver has the data (a synchronous send, like `MPI_Ssend`): the
-    /// receiver reads it straight from this rank's tensor. Two ranks that both send to each
-    /// other before receiving therefore wait for each other; that ends in a timeout naming
-    /// the missing rank, never a hang.
+    /// Like `MPI_Send`: a tensor of up to 8 KiB travels in the link's slot, and the send
+    /// returns as soon as the slot is published (buffered, MPI's eager protocol), on the
+    /// shared-memory and in-process transports; a sender runs at most two such messages
+    /// ahead of its receiver, so a third unreceived one waits. A larger tensor is read by
+    /// the receiver straight from this rank's memory, and the send returns once the receiver
+    /// has it (synchronous, like `MPI_Ssend`; every send under MPI is). Two ranks that both
+    /// send large tensors to each other before receiving therefore wait for each other; that
+    /// ends in a timeout naming the missing rank, never a hang.
     /// - Parameters:
     ///   - tensor: any shape and dtype, empty included.
     ///   - destination: a group rank other than this one; default the next rank in the
@@ -21,7 +25,7 @@ extension GroupCoordinator {
         let target = try linkPeer(destination ?? (rankInGroup + 1) % size, op: "send")
         let link = try self.link(from: rankInGroup, to: target)
         let sender = link.channel.members.firstIndex(of: rank)!
-        try collective(.send, tensor, arguments: ArgumentList(sender), on: link) { _ in }
+        try collective(.send, tensor, arguments: ArgumentList(sender), on: link, eager: true) { _ in }
     }
 
     /// Receives the next tensor group rank `source` sends to this rank.

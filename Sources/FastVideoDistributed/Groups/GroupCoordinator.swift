@@ -100,22 +100,36 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     /// `body` gets the call number and runs after every member has published a header
     /// equal to this one, so argument checks inside it throw on every rank alike. `output`
     /// is a buffer peers read in place (the large all-reduce's); `sends` is whether peers
-    /// read this rank's input at all. `payload` gives the call's bytes for the log and
+    /// read this rank's input at all; `eager`, a send that may return before it is
+    /// received (see `performCollective`). `payload` gives the call's bytes for the log and
     /// metrics from its result (default: the input's size).
     ///
     /// The steady state of a small call takes no lock and allocates nothing here: codes
     /// instead of strings, the header written into the rank's slot, texts built only for
     /// errors and enabled logs.
+    @inline(__always)
     func collective<R>(
         _ op: CollectiveOp, _ input: Tensor, arguments: ArgumentList = ArgumentList(), output: Tensor? = nil,
-        on endpoint: Endpoint? = nil, sends: Bool = true, payload: ((R) -> Int)? = nil, _ body: (_ call: Int) throws -> R
+        on endpoint: Endpoint? = nil, sends: Bool = true, eager: Bool = false, payload: ((R) -> Int)? = nil,
+        _ body: (_ call: Int) throws -> R
     ) throws -> R {
         // Started collectives are pending: this call comes after them.
         if lanes.isMade(0), let lane = lanes.existing(0), lane.mustDrain { lane.drain() }
-        // Unretained: the caller's endpoint, or this coordinator's, outlives the call; and
-        // so do the objects the endpoint and its table hold (no reference counting per call).
-        unowned(unsafe) let endpoint = endpoint ?? self.endpoint
-        unowned(unsafe) let channel = endpoint.channel
+        // Two calls rather than `endpoint ?? self.endpoint`, whose result would be a new reference to count.
+        if let endpoint {
+            return try run(
+                op, input, arguments: arguments, output: output, on: endpoint, sends: sends, eager: eager, payload: payload, body)
+        }
+        return try run(
+            op, input, arguments: arguments, output: output, on: self.endpoint, sends: sends, eager: eager, payload: payload, body)
+    }
+
+    @inline(__always)
+    private func run<R>(
+        _ op: CollectiveOp, _ input: Tensor, arguments: ArgumentList, output: Tensor?, on endpoint: Endpoint, sends: Bool,
+        eager: Bool, payload: ((R) -> Int)?, _ body: (_ call: Int) throws -> R
+    ) throws -> R {
+        let channel = endpoint.channel
         guard channel.enter() else {
             let error = FVDError.concurrentUse(group: description)
             channel.abort(error)
@@ -123,37 +137,40 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         }
         defer { channel.leave() }
         let call = channel.claimCall()
-        unowned(unsafe) let recorder = endpoint.recorder
-        let start = fvd_now_ns()
+        let recorder = endpoint.recorder
+        let start = TickClock.now()
         let sequence = recorder.begin(op: op, label: endpoint.label, call: call, shape: input.shape, dtype: input.dtype, at: start)
         // Texts are built only when their level is on (a log call's closure would retain its captures).
         if Diagnostics.logs(.trace) {
             Diagnostics.log(.trace, rank: rank, "begin \(op.name) \(channel.label) call #\(call) shape \(input.shape) \(input.dtype)")
         }
-        unowned(unsafe) let metrics = instruments.element(Int(op.rawValue)) {
-            CollectiveInstruments(op: op.name, group: name, rank: rank)
-        }
+        let metric = Int(op.rawValue)
         do {
             let result = try performCollective(
-                on: channel, call: call, op: op, input: input, arguments: arguments, output: output, sends: sends
+                on: channel, call: call, op: op, input: input, arguments: arguments, output: output, sends: sends, eager: eager
             ) { try body(call) }
-            let end = fvd_now_ns()
+            let end = TickClock.now()
             recorder.end(sequence, at: end)
             let bytes = payload?(result) ?? input.byteCount
-            metrics.record(bytes: bytes, nanoseconds: end &- start)
+            let nanoseconds = TickClock.nanoseconds(from: start, to: end)
+            instruments.withElement(metric, make: makeInstruments(op)) { $0.record(bytes: bytes, nanoseconds: nanoseconds) }
             if Diagnostics.logs(.debug) {
                 Diagnostics.log(.debug, rank: rank, collectiveLogLine(
                     op: op.name, group: channel.label, call: call, shape: input.shape, dtype: input.dtype, bytes: bytes,
-                    nanoseconds: end &- start))
+                    nanoseconds: nanoseconds))
             }
             return result
         } catch {
-            recorder.end(sequence, at: fvd_now_ns(), error: error)
+            recorder.end(sequence, at: TickClock.now(), error: error)
             recorder.reportFailure(error)
-            metrics.failures.increment()
+            instruments.withElement(metric, make: makeInstruments(op)) { $0.failures.increment() }
             Diagnostics.log(.debug, rank: rank, "\(op.name) \(channel.label) call #\(call) failed: \(error)")
             throw error
         }
+    }
+
+    private func makeInstruments(_ op: CollectiveOp) -> CollectiveInstruments {
+        CollectiveInstruments(op: op.name, group: name, rank: rank)
     }
 }
 

@@ -53,6 +53,49 @@ enum Layout {
         return sizes.map { s in defer { acc += s }; return acc }
     }
 
+    /// FastVideo's even all-to-all over `parts` ranks that all pass the same `[B, S, H, D]`:
+    /// the same blocks as ``AllToAll4D`` with equal splits, computed without arrays (the
+    /// small calls' path).
+    struct EvenAllToAll4D: Sendable, Equatable {
+        var scatterHeads: Bool
+        var batch: Int, sequence: Int, heads: Int, headBytes: Int
+        var parts: Int
+
+        /// The plan for input `shape` (4-D, the scattered dimension divisible by `parts`).
+        init(scatterHeads: Bool, shape: [Int], parts: Int, elementSize: Int) {
+            self.scatterHeads = scatterHeads
+            batch = shape[0]
+            sequence = shape[1]
+            heads = shape[2]
+            headBytes = shape[3] * elementSize
+            self.parts = parts
+        }
+
+        /// Shape of every rank's output, for head dim `headDim`.
+        func outputShape(headDim: Int) -> [Int] {
+            scatterHeads
+                ? [batch, sequence * parts, heads / parts, headDim] : [batch, sequence / parts, heads * parts, headDim]
+        }
+
+        /// The block rank `receiver` takes from rank `sender`'s input into its own output.
+        func copy(from sender: Int, to receiver: Int) -> StridedCopy {
+            let d = headBytes, n = parts
+            if scatterHeads {
+                let s = sequence, h = heads / n
+                return StridedCopy(
+                    srcOffset: receiver * h * d, dstOffset: sender * s * h * d,
+                    outerCount: batch, srcOuterStride: s * heads * d, dstOuterStride: n * s * h * d,
+                    innerCount: s, srcInnerStride: heads * d, dstInnerStride: h * d, runBytes: h * d)
+            } else {
+                let s = sequence / n, h = heads
+                return StridedCopy(
+                    srcOffset: receiver * s * h * d, dstOffset: sender * h * d,
+                    outerCount: batch, srcOuterStride: sequence * h * d, dstOuterStride: s * n * h * d,
+                    innerCount: s, srcInnerStride: h * d, dstInnerStride: n * h * d, runBytes: h * d)
+            }
+        }
+    }
+
     /// The Ulysses all-to-all over a 4-D `[B, S, H, D]` tensor.
     ///
     /// With `(scatter 2, gather 1)` rank `j` holds `[B, seq[j], H, D]` and rank `r`

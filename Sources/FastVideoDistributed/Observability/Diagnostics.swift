@@ -87,9 +87,13 @@ final class CollectiveInstruments: Sendable {
     let bytes: Counter
     let failures: Counter
     let duration: Metrics.Timer
+    /// Whether no metrics backend was bootstrapped when these were made: swift-metrics'
+    /// instruments keep the backend of their creation, so recording is skipped for good.
+    let discarded: Bool
 
     init(op: String, group: String, rank: Int) {
         let dimensions = [("op", op), ("group", group), ("rank", String(rank))]
+        discarded = MetricsSystem.factory is NOOPMetricsHandler
         calls = Counter(label: "fvd.collective.calls", dimensions: dimensions)
         bytes = Counter(label: "fvd.collective.bytes", dimensions: dimensions)
         failures = Counter(label: "fvd.collective.failures", dimensions: dimensions)
@@ -98,6 +102,7 @@ final class CollectiveInstruments: Sendable {
 
     /// Counts one completed call of `bytes` that took `nanoseconds`.
     func record(bytes count: Int, nanoseconds: UInt64) {
+        if discarded { return }
         calls.increment()
         bytes.increment(by: count)
         duration.recordNanoseconds(Int64(clamping: nanoseconds))

@@ -200,6 +200,8 @@ final class FaultInjectingChannel: PeerMemoryChannel {
 
     var members: [Int] { inner.members }
     var index: Int { inner.index }
+    var memberCount: Int { inner.memberCount }
+    var sendsEagerly: Bool { inner.sendsEagerly }
     var label: String { inner.label }
 
     func claimCall() -> Int { inner.claimCall() }

@@ -81,6 +81,7 @@ public final class FlightRecorder: @unchecked Sendable {
     private let printed = Atomic<Bool>(false)
     /// Wall-clock time minus monotonic time, to turn record times into dates.
     private let wallOffset: Int64
+    // Record times are ``TickClock`` readings.
 
     /// Default capacity: the last 64 calls.
     public static let defaultCapacity = 64
@@ -96,6 +97,7 @@ public final class FlightRecorder: @unchecked Sendable {
         words = .allocate(capacity: self.capacity * Word.count)
         words.initialize(repeating: 0, count: self.capacity * Word.count)
         wallOffset = Int64(bitPattern: fvd_wall_ns() &- fvd_now_ns())
+        TickClock.prepare()
     }
 
     deinit { words.deallocate() }
@@ -143,10 +145,12 @@ public final class FlightRecorder: @unchecked Sendable {
         return fvd_atomic_load_u64(r) == UInt64(sequence + 1) ? result : nil
     }
 
-    private func date(_ monotonic: UInt64) -> Double { Double(Int64(bitPattern: monotonic) &+ wallOffset) / 1e9 }
+    private func date(_ ticks: UInt64) -> Double {
+        Double(Int64(bitPattern: TickClock.monotonicNanoseconds(ticks)) &+ wallOffset) / 1e9
+    }
 
-    /// Records the start of a call at monotonic time `time` and returns its sequence number.
-    func begin(op: CollectiveOp, label: Label, call: Int, shape: [Int], dtype: DType, at time: UInt64 = fvd_now_ns()) -> Int {
+    /// Records the start of a call at `time` (a ``TickClock`` reading) and returns its sequence number.
+    func begin(op: CollectiveOp, label: Label, call: Int, shape: [Int], dtype: DType, at time: UInt64 = TickClock.now()) -> Int {
         let sequence = next.wrappingAdd(1, ordering: .relaxed).oldValue
         let r = record(sequence)
         fvd_atomic_store_u64(r, 0)
@@ -162,9 +166,9 @@ public final class FlightRecorder: @unchecked Sendable {
         return sequence
     }
 
-    /// Records the end of call `sequence` at monotonic time `time`: completed, or failed
-    /// with `error`. Ignored when the record has been reused.
-    func end(_ sequence: Int, at time: UInt64 = fvd_now_ns(), error: (any Error)? = nil) {
+    /// Records the end of call `sequence` at `time` (a ``TickClock`` reading): completed, or
+    /// failed with `error`. Ignored when the record has been reused.
+    func end(_ sequence: Int, at time: UInt64 = TickClock.now(), error: (any Error)? = nil) {
         let r = record(sequence)
         guard fvd_atomic_load_u64(r) == UInt64(sequence + 1) else { return }
         if let error {

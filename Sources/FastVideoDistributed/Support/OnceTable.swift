@@ -33,6 +33,17 @@ final class OnceTable<Element: AnyObject & Sendable>: @unchecked Sendable {
         return bits == 0 ? nil : Self.unmanaged(bits).takeUnretainedValue()
     }
 
+    /// Runs `body` with element `i` (made by `make` the first time), without counting a
+    /// reference to it: the table keeps it alive.
+    func withElement<R>(_ i: Int, make: @autoclosure () -> Element, _ body: (Element) throws -> R) rethrows -> R {
+        var bits = fvd_atomic_load_u64(slots + i)
+        if bits == 0 {
+            _ = element(i, make: make)
+            bits = fvd_atomic_load_u64(slots + i)
+        }
+        return try Self.unmanaged(bits)._withUnsafeGuaranteedRef(body)
+    }
+
     /// Element `i`, made by `make` the first time (when two threads race, one made object wins).
     func element(_ i: Int, make: () throws -> Element) rethrows -> Element {
         if let made = existing(i) { return made }

@@ -31,10 +31,13 @@ final class TensorStorage: @unchecked Sendable {
         if byteCount > CallSlot.payloadCapacity, let heap = SharedHeap.active, let p = heap.allocate(capacity) {
             pointer = p
             self.heap = heap
+        } else if capacity <= CallSlot.payloadCapacity {
+            // A plain malloc (16-byte aligned): a raw allocation of any alignment up to 16
+            // asks the runtime for its "default" alignment, which goes through memalign.
+            pointer = UnsafeMutableRawPointer(UnsafeMutablePointer<UInt64>.allocate(capacity: (capacity + 7) / 8))
+            heap = nil
         } else {
-            // Small buffers take the allocator's own alignment (a plain malloc); larger ones a cache line.
-            pointer = StoragePool.take(capacity: capacity)
-                ?? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: capacity <= CallSlot.payloadCapacity ? 16 : 64)
+            pointer = StoragePool.take(capacity: capacity) ?? UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
             heap = nil
         }
     }
@@ -58,6 +61,8 @@ final class TensorStorage: @unchecked Sendable {
     deinit {
         if let heap {
             heap.free(pointer, capacity: capacity)
+        } else if capacity <= CallSlot.payloadCapacity {
+            pointer.assumingMemoryBound(to: UInt64.self).deallocate()
         } else if !StoragePool.give(pointer, capacity: capacity) {
             pointer.deallocate()
         }

@@ -154,6 +154,8 @@ final class RegionChannel<World: WaitingWorld & Sendable>: PeerMemoryChannel {
         self.shared = shared
     }
 
+    var memberCount: Int { region.memberCount }
+    var sendsEagerly: Bool { true }
     func claimCall() -> Int { region.claimCall(member: index) }
     func ownSlot(call: Int) -> CallSlot { region.slot(index, call: call) }
     func slot(of i: Int) -> CallSlot { region.slot(i, call: region.currentCall(member: index)) }

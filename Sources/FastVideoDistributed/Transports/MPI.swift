@@ -211,6 +211,9 @@ final class MPIChannel: PeerMemoryChannel {
 
     var members: [Int] { group.members }
     var index: Int { group.index }
+    var memberCount: Int { group.members.count }
+    /// Every send waits for its header's exchange: the send buffer is reused.
+    var sendsEagerly: Bool { false }
     var label: String { group.label }
 
     func claimCall() -> Int {

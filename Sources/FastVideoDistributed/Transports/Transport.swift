@@ -12,6 +12,11 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     var members: [Int] { get }
     /// This rank's index in `members`.
     var index: Int { get }
+    /// `members.count`, without handing out the array.
+    var memberCount: Int { get }
+    /// Whether a small send may return once its slot is published, before the receiver
+    /// reads it (a transport whose slots stay readable by the receiver: shared memory).
+    var sendsEagerly: Bool { get }
     /// Label used in errors and logs, e.g. `tp0 [0, 1]`.
     var label: String { get }
     /// Takes the number of this rank's next call on the group (its calls so far), shared
