@@ -4,9 +4,13 @@
 # MPI_Send/MPI_Recv ping-pong, timed by Benchmarks/peers/mpi_bench.c the same way) on one
 # host, per world size. The two sides run in alternating rounds (fvd, MPI, fvd, MPI, …, per
 # op), so drift on a noisy host hits both alike; each row is the median of the rounds'
-# medians. Prints a table per world size with both times (µs), both bandwidths (input bytes
-# per rank / time, as in PERFORMANCE.md), the ratio MPI time / fvd time (> 1: fvd is
-# faster) and whether the row meets its target of shared/PERFORMANCE.md:
+# medians. Prints a table per world size with fvd's times (µs) for its form that returns a
+# new tensor and, where it has one, its form that writes the caller's tensor (in place;
+# recv(into:)), MPI's time, both bandwidths (input bytes per rank / time, as in
+# PERFORMANCE.md), the ratio MPI time / fvd time (> 1: fvd is faster) and whether the row
+# meets its target of shared/PERFORMANCE.md. The ratio compares like with like: MPI writes
+# into buffers the caller allocated once, so fvd's caller-buffer form is compared where it
+# exists, else its allocating form:
 #   shm:       <= 32 KB per rank >= 1.0x (the latency floor); 64 KB - 4 MB >= 1.2x;
 #              16 - 64 MB >= 1.0x; all_reduce from 64 KB >= 2.0x
 #   inprocess: <= 32 KB >= 1.5x (threads share memory); larger as shm
@@ -129,14 +133,15 @@ def target(op, inb):
         return 2.0
     return 1.2 if inb <= 4 * MB else 1.0
 
-def rows_by_round(side, w, op):
-    """{input_bytes: [time_us of each round]} for one side."""
+def rows_by_round(side, w, op, key="out_of_place"):
+    """{input_bytes: [time_us of each round]} for one side (fvd: the form `key`, if measured)."""
     out = {}
     for r in range(1, rounds + 1):
         doc = json.load(open(os.path.join(work, f"{side}-w{w}-{op}-r{r}.json")))
         for row in doc["rows"]:
-            t = row["out_of_place"]["time_us"] if side == "fvd" else row["time_us"]
-            out.setdefault(row["input_bytes"], []).append(t)
+            timing = row.get(key) if side == "fvd" else row
+            if timing:
+                out.setdefault(row["input_bytes"], []).append(timing["time_us"])
         if side == "mpi":
             rows_by_round.library = doc.get("library", "MPI")
     return out
@@ -144,7 +149,9 @@ def rows_by_round(side, w, op):
 rows_by_round.library = "MPI"
 misses = rows_total = 0
 print(f"# fvd bench --transport {transport} vs MPI, side by side in {rounds} alternating round(s), "
-      f"median of the rounds' medians; GB/s = input bytes per rank / time; ratio = MPI time / fvd time (> 1: fvd faster)")
+      f"median of the rounds' medians; 'fvd us': the form returning a new tensor, 'into us': the form writing "
+      f"the caller's tensor; GB/s = input bytes per rank / time; ratio = MPI time / fvd time (> 1: fvd faster), "
+      f"with fvd's caller-tensor form where it has one (MPI writes into preallocated buffers)")
 print(f"# targets (shared/PERFORMANCE.md): "
       + ("<= 32 KB >= 1.5x (in-process), " if transport == "inprocess" else "")
       + ("never below 0.9x from 64 KB" if transport == "mpi" else
@@ -154,13 +161,16 @@ for w in worlds.split():
     lines = []
     for op in ops:
         fvd, mpi = rows_by_round("fvd", w, op), rows_by_round("mpi", w, op)
+        into = rows_by_round("fvd", w, op, "in_place")
         for inb in sorted(fvd):
-            ft = statistics.median(fvd[inb])
+            allocating = statistics.median(fvd[inb])
+            ft = statistics.median(into[inb]) if inb in into else allocating
+            into_text = time_text(ft) if inb in into else "-"
             fg = inb / ft / 1e3 if inb else 0
             # Same op and size; a size the two round differently (all-to-all at odd W) takes the nearest.
             near = min(mpi, key=lambda b: abs(b - inb), default=None)
             if near is None or (inb and not 0.67 < near / inb < 1.5) or (inb == 0) != (near == 0):
-                lines.append((op, size(inb), time_text(ft), "-", f"{fg:.2f}", "-", "-", "-", "(no MPI row)"))
+                lines.append((op, size(inb), time_text(allocating), into_text, "-", f"{fg:.2f}", "-", "-", "-", "(no MPI row)"))
                 continue
             mt = statistics.median(mpi[near])
             mg = near / mt / 1e3 if near else 0
@@ -170,9 +180,10 @@ for w in worlds.split():
             if goal is not None:
                 rows_total += 1
                 misses += not ok
-            lines.append((op, size(inb), time_text(ft), time_text(mt), f"{fg:.2f}", f"{mg:.2f}", f"{ratio:.2f}x",
-                          "-" if goal is None else f">={goal:.1f}x", "" if goal is None else "ok" if ok else "MISS"))
-    head = ("op", "size/rank", "fvd us", "MPI us", "fvd GB/s", "MPI GB/s", "ratio", "target", "")
+            lines.append((op, size(inb), time_text(allocating), into_text, time_text(mt), f"{fg:.2f}", f"{mg:.2f}",
+                          f"{ratio:.2f}x", "-" if goal is None else f">={goal:.1f}x",
+                          "" if goal is None else "ok" if ok else "MISS"))
+    head = ("op", "size/rank", "fvd us", "into us", "MPI us", "fvd GB/s", "MPI GB/s", "ratio", "target", "")
     widths = [max(len(str(x[i])) for x in [head] + lines) for i in range(len(head))]
     print(f"\n## world size {w}: fvd ({transport}) vs {rows_by_round.library}")
     for i, line in enumerate([head] + lines):

@@ -91,3 +91,8 @@ int fvd_fallocate(int fd, int64_t offset, int64_t length) {
 int fvd_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0 ? 0 : errno;
 }
+
+void *fvd_thread_scratch(void) {
+    static __thread _Alignas(64) unsigned char scratch[FVD_THREAD_SCRATCH_BYTES];
+    return scratch;
+}

@@ -191,6 +191,39 @@ struct CollectiveReferenceTests {
         }
     }
 
+    @Test("reduce-scatter and the all-to-all into the caller's tensor equal the allocating forms; a wrong output is an error on its rank only", arguments: [1, 2, 3, 4])
+    func intoOutputs(n: Int) throws {
+        let results = try World.inProcess(size: n, timeout: 30).run { world -> [String] in
+            let x = input(rank: world.rank, shape: [2, 3 * n], dtype: .float32, salt: 3)
+            var reduced = try Tensor(zeros: [2, 3], dtype: .float32)
+            let shared = reduced
+            try world.reduceScatter(x, into: &reduced, dim: 1)
+            let a = input(rank: world.rank, shape: [1, 2, 2 * n, 3], dtype: .bfloat16, salt: 4)
+            var exchanged = try Tensor(zeros: [1, 2 * n, 2, 3], dtype: .bfloat16)
+            try world.allToAll4D(a, into: &exchanged)
+            // A wrong output on the last rank: an error there, the others complete the call.
+            var wrong = try Tensor(zeros: world.rank == n - 1 ? [2, 4] : [2, 3], dtype: .float32)
+            let wrongOutcome: String
+            do {
+                try world.reduceScatter(x, into: &wrong, dim: 1)
+                wrongOutcome = "ok"
+            } catch {
+                wrongOutcome = "\(error)"
+            }
+            return [
+                reduced == (try world.reduceScatter(x, dim: 1)) ? "same" : "differs",
+                shared == (try Tensor(zeros: [2, 3], dtype: .float32)) ? "kept" : "changed",
+                exchanged == (try world.allToAll4D(a)) ? "same" : "differs",
+                wrongOutcome,
+            ]
+        }
+        for rank in 0..<n {
+            #expect(Array(results[rank][0..<3]) == ["same", "kept", "same"], "rank \(rank)")
+            #expect(results[rank][3] == (rank == n - 1
+                ? "reduce_scatter: the output tensor has shape [2, 4] and dtype float32; the result has shape [2, 3] and dtype float32" : "ok"))
+        }
+    }
+
     @Test("gather to a root and broadcast from a root", arguments: [1, 2, 3, 6])
     func gatherAndBroadcast(n: Int) throws {
         let shape = [2, 3]
@@ -206,6 +239,23 @@ struct CollectiveReferenceTests {
         for r in 0..<n {
             #expect(outputs[r].0 == (r == n - 1 ? referenceConcat(ins, dim: 0) : nil))
             #expect(outputs[r].1 == ins[n - 1])
+        }
+    }
+
+    @Test(
+        "broadcast in place, small and large, mixed with the out-of-place form; a shared buffer is copied first",
+        arguments: [(1, 5), (2, 5), (3, 3000), (4, 7)] as [(Int, Int)])
+    func broadcastInPlace(worldSize n: Int, count: Int) throws {
+        let root = n - 1
+        let outputs = try World.inProcess(size: n, timeout: 30).run { world -> [Tensor] in
+            var x = input(rank: world.rank, shape: [count], dtype: .float32, salt: 9)
+            let kept = x
+            if world.rank % 2 == 0 { try world.broadcast(inPlace: &x, from: root) } else { x = try world.broadcast(x, from: root) }
+            return [x, kept]
+        }
+        for r in 0..<n {
+            #expect(outputs[r][0] == input(rank: root, shape: [count], dtype: .float32, salt: 9))
+            #expect(outputs[r][1] == input(rank: r, shape: [count], dtype: .float32, salt: 9), "the other value keeps its bytes")
         }
     }
 

@@ -169,6 +169,37 @@ struct PointToPointTests {
         #expect(Date().timeIntervalSince(start) < 15)
     }
 
+    @Test("recv(into:) fills the given tensor, small and large; a different shape or dtype is an error there and leaves it alone")
+    func receiveInto() throws {
+        let small = randomTensor([3, 2], .int16, seed: 1), large = randomTensor([3000], .float64, seed: 2)
+        let zeros = try Tensor(zeros: [3, 2], dtype: .int16)
+        let results = try World.inProcess(size: 2, timeout: 30).runEach { world -> [String] in
+            if world.rankInGroup == 0 {
+                for t in [small, large, small, small] { try world.send(t, to: 1) }
+                return []
+            }
+            var a = zeros, b = try Tensor(zeros: [3000], dtype: .float64)
+            try world.recv(into: &a, from: 0)
+            try world.recv(into: &b, from: 0)
+            var outcomes = [a == small && b == large ? "ok" : "wrong data"]
+            for target in [try Tensor(zeros: [6], dtype: .int16), try Tensor(zeros: [3, 2], dtype: .int32)] {
+                var received = target
+                do {
+                    try world.recv(into: &received, from: 0)
+                    outcomes.append("received")
+                } catch {
+                    outcomes.append("\(error)" + (received == target ? "" : " (changed)"))
+                }
+            }
+            return outcomes
+        }
+        let outcomes = try results[1].get()
+        #expect(outcomes[0] == "ok")
+        #expect(outcomes[1] == "recv_in_place in group world:0->1 [0, 1]: ranks passed different shapes: rank 0 [3, 2], rank 1 [6]")
+        #expect(outcomes[2] == "recv_in_place in group world:0->1 [0, 1]: ranks passed different dtypes: rank 0 int16, rank 1 int32")
+        #expect(zeros == (try Tensor(zeros: [3, 2], dtype: .int16)), "the value `a` was copied from keeps its bytes")
+    }
+
     @Test("a large send after eager small ones waits until the receiver took them: a slow receiver gets every message")
     func largeAfterEager() throws {
         let large = randomTensor([5000], .float32, seed: 7)

@@ -75,6 +75,12 @@ void fvd_copy(void *dst, const void *src, size_t n, int streaming);
 /// Orders streaming stores before later stores; call once after a batch of `fvd_copy(..., 1)`.
 void fvd_store_fence(void);
 
+/// Bytes of ``fvd_thread_scratch``.
+#define FVD_THREAD_SCRATCH_BYTES 4096
+/// FVD_THREAD_SCRATCH_BYTES bytes, 64-byte aligned, private to the calling thread and
+/// alive as long as it is: a work area without an allocation or a stack-size check.
+void *fvd_thread_scratch(void);
+
 /// shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); returns the fd or -errno.
 int fvd_shm_create_or_open(const char *name);
 /// Allocates the pages of [offset, offset + length) of `fd` (posix_fallocate); 0 or an errno

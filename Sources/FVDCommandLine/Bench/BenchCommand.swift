@@ -10,7 +10,9 @@ struct BenchCommand: ParsableCommand {
         discussion: """
             Sizes (-b, -e) are bytes of each rank's input, from 1 byte (the all-to-all's smallest shape is \
             [1, 1, n, 1]). Columns follow nccl-tests: size (all_gather: the gathered output), count, dtype, \
-            then for the out-of-place and the in-place form (all_reduce and all_gather have one) the time, \
+            then for the out-of-place and the in-place form (into the caller's tensor: all_reduce, \
+            all_gather and broadcast in place, reduce_scatter and all_to_all_4d into an output, sendrecv \
+            with recv(into:)) the time, \
             algbw = size / time and busbw = algbw × the op's bus factor (all_reduce 2(n-1)/n; all_gather, \
             reduce_scatter, all_to_all_4d (n-1)/n; broadcast and sendrecv 1). Each iteration starts at a \
             barrier and counts as its slowest rank's time; the time is the median iteration, or with \

@@ -29,8 +29,10 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
         self == .allGather ? inputBytes * n : inputBytes
     }
 
-    /// Whether the library has an in-place form (all-reduce and all-gather, as in torch and NCCL).
-    var hasInPlaceForm: Bool { self == .allReduce || self == .allGather }
+    /// Whether the library has a form that writes into the caller's tensor, as torch and
+    /// NCCL do: in-place all-reduce, all-gather and broadcast, reduce-scatter and the
+    /// all-to-all `into:` an output, `recv(into:)`; all but the barrier.
+    var hasInPlaceForm: Bool { self != .barrier }
 
     /// Whether the op moves data (all but the barrier, which is measured once, at size 0).
     var hasSizes: Bool { self != .barrier }
@@ -243,8 +245,24 @@ public func runBenchmark(
         }
         let inPlace: Measurement? = op.hasInPlaceForm ? try measure(everyRank, config, modelBytes: modelBytes) { group in
             var y = try Tensor(zeros: op == .allGather ? [elements * n] : shape, dtype: config.dtype)
-            return {
-                if op == .allReduce { try group.allReduce(inPlace: &y) } else { try group.allGather(inPlace: &y, dim: 0) }
+            switch op {
+            case .allReduce: return { try group.allReduce(inPlace: &y) }
+            case .allGather: return { try group.allGather(inPlace: &y, dim: 0) }
+            case .broadcast: return { try group.broadcast(inPlace: &y) }
+            case .reduceScatter:
+                let x = y
+                var out = try Tensor(zeros: [shape[0] / n], dtype: config.dtype)
+                return { try group.reduceScatter(x, into: &out, dim: 0) }
+            case .allToAll4D:
+                let x = y
+                var out = try group.allToAll4D(x)
+                return { try group.allToAll4D(x, into: &out) }
+            default:
+                switch group.rankInGroup {
+                case 0: return { try group.send(y, to: 1); try group.recv(into: &y, from: 1) }
+                case 1: return { try group.recv(into: &y, from: 0); try group.send(y, to: 0) }
+                default: return {}
+                }
             }
         } : nil
         // A ping-pong's iteration is a round trip: the op's time is half of it.

@@ -97,50 +97,101 @@ extension GroupCoordinator {
         try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil)
     }
 
+    /// The all-to-all into the caller's `output` (`torch.distributed.all_to_all_single(output,
+    /// input)`): no tensor is allocated.
+    ///
+    /// `output` must have the result's shape and `input`'s dtype (see
+    /// ``allToAll4D(_:scatterDim:gatherDim:split:)``); if it shares storage with another
+    /// value, it is copied first (copy-on-write).
+    /// - Throws: the errors of ``allToAll4D(_:scatterDim:gatherDim:split:)``;
+    ///   ``FVDError/invalidArgument(_:)`` on this rank alone (the others complete the call)
+    ///   when `output` has another shape or dtype, and `output` is unchanged.
+    public func allToAll4D(
+        _ input: Tensor, into output: inout Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil
+    ) throws {
+        output.makeUnique()
+        _ = try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil, into: output)
+    }
+
     /// The all-to-all, or with `headChunk` (`k` of `count`) only the `k`-th of `count`
-    /// balanced groups of each receiver's heads (``startAllToAll4D(_:split:chunks:)``).
+    /// balanced groups of each receiver's heads (``startAllToAll4D(_:split:chunks:)``); into
+    /// `target` when given (then returned), else into a new tensor.
     func allToAll4D(
-        _ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit?, headChunk: (index: Int, count: Int)?
+        _ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit?, headChunk: (index: Int, count: Int)?,
+        into target: Tensor? = nil
     ) throws -> Tensor {
         let name = "all_to_all_4D"
-        func chunked(_ plan: Layout.AllToAll4D) throws -> Layout.AllToAll4D {
-            guard let (k, count) = headChunk else { return plan }
-            guard plan.scatterHeads else {
-                throw FVDError.invalidArgument("\(name): chunks split the heads a rank receives: scatter_dim 2, gather_dim 1 only")
-            }
-            var chunk = plan
-            for r in plan.heads.indices {
-                let sizes = AllToAllSplit.balanced(plan.heads[r], parts: count)
-                chunk.heads[r] = sizes[k]
-                chunk.headStart[r] = plan.headStart[r] + Layout.offsets(of: sizes)[k]
-            }
-            return chunk
-        }
         if size == 1 {
             let plan = try chunked(
-                try allToAllPlan(shapes: [input.shape], scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name))
-            guard headChunk != nil else { return input }
-            return try Tensor.slice(input, dim: 2, range: plan.headStart[0]..<(plan.headStart[0] + plan.heads[0]))
+                try allToAllPlan(shapes: [input.shape], scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name),
+                headChunk)
+            let result = headChunk == nil
+                ? input : try Tensor.slice(input, dim: 2, range: plan.headStart[0]..<(plan.headStart[0] + plan.heads[0]))
+            guard let target else { return result }
+            try target.checkOutput(shape: result.shape, dtype: result.dtype, op: name)
+            copyWhole(from: result.storage.pointer, to: target)
+            return target
         }
         var arguments = ArgumentList(dimKey(scatterDim, 4), dimKey(gatherDim, 4))
-        for a in (split?.arguments ?? []) + (headChunk.map { [-2, $0.index, $0.count] } ?? []) { arguments.append(a) }
-        return try collective(.allToAll4D, input, arguments: arguments) { _ in
-            if split == nil, headChunk == nil, let even = evenPlan(input, scatterDim: scatterDim, gatherDim: gatherDim) {
-                let output = Tensor(uninitializedShape: even.outputShape(headDim: input.shape[3]), dtype: input.dtype)
+        guard split != nil || headChunk != nil else {
+            // FastVideo's even all-to-all, the small calls' path: a body with little to carry.
+            return try collective(.allToAll4D, input, arguments: arguments) { _ in
+                guard let even = evenPlan(input, scatterDim: scatterDim, gatherDim: gatherDim) else {
+                    return try pullAllToAll(input, scatterDim: scatterDim, gatherDim: gatherDim, split: nil, headChunk: nil, into: target)
+                }
+                let output = try evenOutput(even, input, target)
                 try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
                     even.copy(from: j, to: destination)
                 }
                 return output
             }
-            let shapes = (0..<size).map { channel.slot(of: $0).shape }
-            let plan = try chunked(
-                try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name))
-            let output = Tensor(uninitializedShape: plan.outputShape(rank: rankInGroup), dtype: input.dtype)
-            try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
-                plan.copy(from: j, to: destination)
-            }
-            return output
         }
+        if let split { for a in split.arguments { arguments.append(a) } }
+        if let (k, count) = headChunk { for a in [-2, k, count] { arguments.append(a) } }
+        return try collective(.allToAll4D, input, arguments: arguments) { _ in
+            try pullAllToAll(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: headChunk, into: target)
+        }
+    }
+
+    /// The caller's `target` (checked without building the result's shape) or a new tensor.
+    private func evenOutput(_ even: Layout.EvenAllToAll4D, _ input: Tensor, _ target: Tensor?) throws -> Tensor {
+        let headDim = input.shape[3]
+        if let target, target.dtype == input.dtype, even.produces(target.shape, headDim: headDim) { return target }
+        return try target.checkedOutput(even.outputShape(headDim: headDim), input.dtype, op: "all_to_all_4D")
+    }
+
+    /// The body of an all-to-all with any split: every member's shape checked, its plan
+    /// made, and the blocks pulled into `target` or a new tensor.
+    private func pullAllToAll(
+        _ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?, headChunk: (index: Int, count: Int)?,
+        into target: Tensor?
+    ) throws -> Tensor {
+        let name = "all_to_all_4D"
+        let shapes = (0..<size).map { channel.slot(of: $0).shape }
+        let plan = try chunked(
+            try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name),
+            headChunk)
+        let output = try target.checkedOutput(plan.outputShape(rank: rankInGroup), input.dtype, op: name)
+        try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
+            plan.copy(from: j, to: destination)
+        }
+        return output
+    }
+
+    /// `plan` cut to the `k`-th of `count` balanced groups of each receiver's heads, or
+    /// `plan` itself without a chunk.
+    private func chunked(_ plan: Layout.AllToAll4D, _ headChunk: (index: Int, count: Int)?) throws -> Layout.AllToAll4D {
+        guard let (k, count) = headChunk else { return plan }
+        guard plan.scatterHeads else {
+            throw FVDError.invalidArgument("all_to_all_4D: chunks split the heads a rank receives: scatter_dim 2, gather_dim 1 only")
+        }
+        var chunk = plan
+        for r in plan.heads.indices {
+            let sizes = AllToAllSplit.balanced(plan.heads[r], parts: count)
+            chunk.heads[r] = sizes[k]
+            chunk.headStart[r] = plan.headStart[r] + Layout.offsets(of: sizes)[k]
+        }
+        return chunk
     }
 
     /// FastVideo's even all-to-all when every member passed `input`'s 4-D shape and the

@@ -39,18 +39,19 @@ func pullFromEveryMember(
 ///
 /// `output` is a buffer the peers read in place (the large all-reduce's); `sends` is
 /// whether any peer reads this rank's input (not a broadcast's non-root, nor a receiver).
-/// `eager` is a send on a link that may return once its slot is published, when its data
-/// travels inline: it waits only until the receiver has taken the message two before (whose
-/// slot it reuses), and the receiver checks the headers.
+/// `isSend` marks a send on a link: on a transport that allows it (``PeerMemoryChannel/sendsEagerly``)
+/// one whose data travels inline returns once its slot is published, and the receiver
+/// checks the headers; every send first waits until the receiver has taken the message
+/// two before, whose slot it reuses.
 @inline(__always)
 func performCollective<R>(
     on channel: any PeerMemoryChannel, call: Int, op: CollectiveOp, input: Tensor, arguments: ArgumentList,
-    output: Tensor?, sends: Bool, eager: Bool = false, body: () throws -> R
+    output: Tensor?, sends: Bool, isSend: Bool = false, body: () throws -> R
 ) throws -> R {
     try channel.checkHealthy()
     let slot = channel.ownSlot(call: call)
     let byteCount = input.byteCount
-    let linkSend = eager && channel.sendsEagerly
+    let linkSend = isSend && channel.sendsEagerly
     let eager = linkSend && byteCount <= CallSlot.payloadCapacity
     // A send's slot was last used by `call - 2`, which the receiver finished before it arrived
     // at `call - 1`; when that send returned eagerly, nothing else proved it (every send waits
@@ -112,7 +113,7 @@ func performCollective<R>(
 ///
 /// The call numbers always agree here: a rank waits for its peers' slots of the same call.
 func disagreement(_ channel: any PeerMemoryChannel) -> FVDError {
-    let slots = (0..<channel.members.count).map(channel.slot(of:))
+    let slots = (0..<channel.memberCount).map(channel.slot(of:))
     let mine = slots[channel.index], kind = mine.op.kind
     let ranks = channel.members, label = channel.label
     if slots.contains(where: { $0.op.kind != kind }) {

@@ -165,11 +165,33 @@ extension GroupCoordinator {
     /// - Throws: ``FVDError/indivisible(op:dim:size:parts:)`` if `shape[dim]` does not
     ///   divide by the group size; the mismatch and dtype errors as ``allReduce(_:op:)``.
     public func reduceScatter(_ input: Tensor, dim: Int = -1, op: ReduceOp = .sum) throws -> Tensor {
+        try reduceScatter(input, dim: dim, op: op, into: nil)
+    }
+
+    /// Reduce-scatter into the caller's `output` (`torch.distributed.reduce_scatter_tensor(output,
+    /// input)`): no tensor is allocated.
+    ///
+    /// `output` must have the result's shape and `input`'s dtype (see
+    /// ``reduceScatter(_:dim:op:)``); if it shares storage with another value, it is copied
+    /// first (copy-on-write).
+    /// - Throws: the errors of ``reduceScatter(_:dim:op:)``; ``FVDError/invalidArgument(_:)``
+    ///   on this rank alone (the others complete the call) when `output` has another shape
+    ///   or dtype, and `output` is unchanged.
+    public func reduceScatter(_ input: Tensor, into output: inout Tensor, dim: Int = -1, op: ReduceOp = .sum) throws {
+        output.makeUnique()
+        _ = try reduceScatter(input, dim: dim, op: op, into: output)
+    }
+
+    /// The reduce-scatter into `target` when given (then returned), else into a new tensor.
+    private func reduceScatter(_ input: Tensor, dim: Int, op: ReduceOp, into target: Tensor?) throws -> Tensor {
         let name = "reduce_scatter"
         if size == 1 {
             _ = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
             try validateReduction(op, dtype: input.dtype, opName: name)
-            return input
+            guard let target else { return input }
+            try target.checkOutput(shape: input.shape, dtype: input.dtype, op: name)
+            copyWhole(from: input.storage.pointer, to: target)
+            return target
         }
         return try collective(.reduceScatter, input, arguments: ArgumentList(dimKey(dim, input.rank), op.code)) { _ in
             let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
@@ -177,9 +199,17 @@ extension GroupCoordinator {
             let (outer, full, inner) = Layout.split(input.shape, at: d)
             guard full % size == 0 else { throw FVDError.indivisible(op: name, dim: d, size: full, parts: size) }
             let part = full / size
-            var shape = input.shape
-            shape[d] = part
-            let output = Tensor(uninitializedShape: shape, dtype: input.dtype)
+            // The caller's output is checked without building the result's shape.
+            let output: Tensor
+            if let target, target.dtype == input.dtype, target.shape.count == input.rank,
+                target.shape.indices.allSatisfy({ target.shape[$0] == ($0 == d ? part : input.shape[$0]) })
+            {
+                output = target
+            } else {
+                var shape = input.shape
+                shape[d] = part
+                output = try target.checkedOutput(shape, input.dtype, op: name)
+            }
             let es = input.dtype.byteSize, run = part * inner
             for o in 0..<outer {
                 let offset = (o * full + rankInGroup * part) * inner * es
@@ -228,11 +258,38 @@ extension GroupCoordinator {
             try checkRoot(root, op: name)
             guard rankInGroup != root else { return input }
             let output = Tensor(uninitializedShape: input.shape, dtype: input.dtype)
-            let bytes = input.byteCount
-            fvd_copy(output.storage.pointer, channel.input(of: root), bytes, bytes >= streamingThresholdBytes ? 1 : 0)
-            if bytes >= streamingThresholdBytes { fvd_store_fence() }
+            copyWhole(from: channel.input(of: root), to: output)
             return output
         }
+    }
+
+    /// In-place broadcast, like `torch.distributed.broadcast(tensor, src)`: on every rank
+    /// but `root`, `tensor` is replaced by the root's (all ranks pass the same shape and
+    /// dtype). No tensor is allocated.
+    ///
+    /// The same bits as ``broadcast(_:from:)``, which ranks may mix with this one in one
+    /// call. If `tensor` shares storage with another value, it is copied first
+    /// (copy-on-write). Errors as ``broadcast(_:from:)``; they leave `tensor` unchanged.
+    public func broadcast(inPlace tensor: inout Tensor, from root: Int = 0) throws {
+        let name = "broadcast"
+        if size == 1 {
+            try checkRoot(root, op: name)
+            return
+        }
+        if rankInGroup != root { tensor.makeUnique() }
+        let target = tensor
+        try collective(.broadcastInPlace, target, arguments: ArgumentList(root), sends: rankInGroup == root) { _ in
+            try checkRoot(root, op: name)
+            if rankInGroup != root { copyWhole(from: channel.input(of: root), to: target) }
+        }
+    }
+
+    /// Copies `target.byteCount` bytes from `source` into `target`'s storage.
+    func copyWhole(from source: UnsafeRawPointer, to target: Tensor) {
+        let bytes = target.byteCount
+        execute(
+            .contiguous(srcOffset: 0, dstOffset: 0, bytes: bytes), from: source, to: target.storage.pointer,
+            streaming: bytes >= streamingThresholdBytes)
     }
 
     /// Blocks until every member has called `barrier()`.
@@ -271,12 +328,29 @@ extension GroupCoordinator {
     }
 }
 
+extension Optional where Wrapped == Tensor {
+    /// The caller's output (checked against the result's `shape` and `dtype`), or a new tensor.
+    func checkedOutput(_ shape: [Int], _ dtype: DType, op: String) throws -> Tensor {
+        guard let self else { return Tensor(uninitializedShape: shape, dtype: dtype) }
+        try self.checkOutput(shape: shape, dtype: dtype, op: op)
+        return self
+    }
+}
+
 /// Compares dims by their resolved value when valid, so `-1` and `ndim-1` agree.
 func dimKey(_ dim: Int, _ ndim: Int) -> Int {
     (dim < 0 && dim >= -ndim) ? dim + ndim : dim
 }
 
 extension Tensor {
+    /// Throws unless this caller-given output has the result's `shape` and `dtype`.
+    func checkOutput(shape: [Int], dtype: DType, op: String) throws {
+        guard self.shape == shape, self.dtype == dtype else {
+            throw FVDError.invalidArgument(
+                "\(op): the output tensor has shape \(self.shape) and dtype \(self.dtype); the result has shape \(shape) and dtype \(dtype)")
+        }
+    }
+
     /// A zero-element placeholder for collectives that carry no data.
     static let empty = Tensor(uninitializedShape: [0], dtype: .uint8)
 

@@ -23,9 +23,10 @@ extension GroupCoordinator {
     ///   collective when the receiver never receives, failed or exited.
     public func send(_ tensor: Tensor, to destination: Int? = nil) throws {
         let target = try linkPeer(destination ?? (rankInGroup + 1) % size, op: "send")
-        let link = try self.link(from: rankInGroup, to: target)
-        let sender = link.channel.members.firstIndex(of: rank)!
-        try collective(.send, tensor, arguments: ArgumentList(sender), on: link, eager: true) { _ in }
+        let sender = linkIndex(of: rank, peer: ranks[target])
+        try withLink(from: rankInGroup, to: target) { link in
+            try collective(.send, tensor, arguments: ArgumentList(sender), on: link, isSend: true) { _ in }
+        }
     }
 
     /// Receives the next tensor group rank `source` sends to this rank.
@@ -42,30 +43,65 @@ extension GroupCoordinator {
     ///   `MPI_ERR_TRUNCATE` (the sender's send has completed); the timeout and peer
     ///   errors when the sender never sends, failed or exited.
     public func recv(from source: Int? = nil, shape: [Int]? = nil, dtype: DType? = nil) throws -> Tensor {
-        let origin = try linkPeer(source ?? (rankInGroup - 1 + size) % size, op: "recv")
-        let link = try self.link(from: origin, to: rankInGroup)
-        let channel = link.channel
-        let sender = channel.members.firstIndex(of: ranks[origin])!
-        return try collective(.recv, Tensor.empty, arguments: ArgumentList(sender), on: link, sends: false, payload: { $0.byteCount }) { _ in
-            let sent = channel.slot(of: sender)
-            if let dtype, dtype != sent.dtype {
-                throw FVDError.dtypeMismatch(op: "recv", group: channel.label, ranks: [ranks[origin], rank], dtypes: [sent.dtype, dtype])
-            }
-            if let shape, shape != sent.shape {
-                throw FVDError.shapeMismatch(op: "recv", group: channel.label, ranks: [ranks[origin], rank], shapes: [sent.shape, shape])
-            }
-            return try copyOfInput(of: sender, on: channel)
+        try receive(from: source, op: .recv, payload: { $0.byteCount }, expected: { sent in
+            if let dtype, dtype != sent.dtype { return (nil, dtype) }
+            if let shape, shape != sent.shape { return (shape, nil) }
+            return nil
+        }) { _, channel, sender in try copyOfInput(of: sender, on: channel) }
+    }
+
+    /// Receives the next tensor group rank `source` sends to this rank into `tensor`, like
+    /// `torch.distributed.recv(tensor, src)`: no new tensor is allocated.
+    ///
+    /// - Throws: the errors of ``recv(from:shape:dtype:)``, with `tensor`'s shape and dtype
+    ///   as the expected ones; `tensor` is unchanged then.
+    public func recv(into tensor: inout Tensor, from source: Int? = nil) throws {
+        tensor.makeUnique()
+        let target = tensor
+        // The result is the received bytes, for the log and metrics (a closure capturing
+        // `target` for them would be allocated on every call).
+        _ = try receive(from: source, op: .recvInPlace, payload: { $0 }, expected: { sent in
+            if target.dtype != sent.dtype { return (nil, target.dtype) }
+            if !sent.hasShape(target.shape) { return (target.shape, nil) }
+            return nil
+        }) { _, channel, sender in
+            copyWhole(from: channel.input(of: sender), to: target)
+            return target.byteCount
         }
     }
+
+    /// A receive on the link from group rank `source`: `expected` returns the shape or dtype
+    /// this rank expected when the sent one differs (an error on this rank), `take` reads the
+    /// data, `payload` gives the received bytes for the log and metrics.
+    private func receive<R>(
+        from source: Int?, op: CollectiveOp, payload: @escaping (R) -> Int, expected: (CallSlot) -> (shape: [Int]?, dtype: DType?)?,
+        take: (CallSlot, any PeerMemoryChannel, Int) throws -> R
+    ) throws -> R {
+        let origin = try linkPeer(source ?? (rankInGroup - 1 + size) % size, op: op.name)
+        let sender = linkIndex(of: ranks[origin], peer: rank)
+        return try withLink(from: origin, to: rankInGroup) { link in
+            let channel = link.channel
+            return try collective(op, Tensor.empty, arguments: ArgumentList(sender), on: link, sends: false, payload: payload) { _ in
+                let sent = channel.slot(of: sender)
+                if let (shape, dtype) = expected(sent) {
+                    let ranks = [ranks[origin], rank]
+                    if let dtype { throw FVDError.dtypeMismatch(op: op.name, group: channel.label, ranks: ranks, dtypes: [sent.dtype, dtype]) }
+                    throw FVDError.shapeMismatch(op: op.name, group: channel.label, ranks: ranks, shapes: [sent.shape, shape ?? []])
+                }
+                return try take(sent, channel, sender)
+            }
+        }
+    }
+
+    /// The index in a link's members (its two world ranks, sorted) of `rank`, the other being `peer`.
+    private func linkIndex(of rank: Int, peer: Int) -> Int { rank < peer ? 0 : 1 }
 
     /// A new tensor holding member `index`'s input as its header describes it.
     func copyOfInput(of index: Int, on channel: any PeerMemoryChannel) throws -> Tensor {
         let slot = channel.slot(of: index)
-        let bytes = try slot.byteCount()
-        let output = Tensor(uninitializedShape: slot.shape, dtype: slot.dtype)
-        execute(
-            .contiguous(srcOffset: 0, dstOffset: 0, bytes: bytes), from: channel.input(of: index),
-            to: output.storage.pointer, streaming: bytes >= streamingThresholdBytes)
+        let shape = try slot.dataShape()
+        let output = Tensor(uninitializedShape: shape, dtype: slot.dtype)
+        copyWhole(from: channel.input(of: index), to: output)
         return output
     }
 
@@ -81,14 +117,14 @@ extension GroupCoordinator {
         return peer
     }
 
-    /// The link from group rank `source` to group rank `destination` (one of them this
-    /// rank), made on first use.
-    private func link(from source: Int, to destination: Int) throws -> Endpoint {
+    /// Runs `body` with the link from group rank `source` to group rank `destination` (one of
+    /// them this rank), made on first use.
+    private func withLink<R>(from source: Int, to destination: Int, _ body: (Endpoint) throws -> R) throws -> R {
         let sending = source == rankInGroup
-        return try (sending ? sendLinks : receiveLinks).element(sending ? destination : source) {
+        return try (sending ? sendLinks : receiveLinks).withElement(sending ? destination : source, make: {
             let channel = try factory.makePointToPointChannel(
                 group: name, groupMembers: ranks, source: ranks[source], destination: ranks[destination], rank: rank)
             return Endpoint(channel, recorder: flightRecorder)
-        }
+        }, body)
     }
 }

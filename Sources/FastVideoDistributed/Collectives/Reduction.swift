@@ -1,3 +1,5 @@
+import CFVDShims
+
 /// The elementwise reduction of an all-reduce or reduce-scatter.
 ///
 /// Every element is reduced in group-rank order, `((x0 ⊕ x1) ⊕ x2) ⊕ ...`, so the
@@ -65,9 +67,10 @@ func validateReduction(_ op: ReduceOp, dtype: DType, opName: String) throws {
     }
 }
 
-/// The accumulator tile: 1 KiB, which `withUnsafeTemporaryAllocation` always puts on the
-/// stack (larger sizes ask the system for the stack's bounds, which allocates).
-private let tileBytes = 1024
+/// The accumulator tile: 4 KiB, the calling thread's scratch area (1 KiB tiles reduce 15–20 %
+/// slower; a 4 KiB `withUnsafeTemporaryAllocation` asks the system for the stack's bounds,
+/// which allocates, on every call).
+private let tileBytes = Int(FVD_THREAD_SCRATCH_BYTES)
 
 /// Reduces through a small accumulator tile that stays in L1, reading each source once.
 @inline(__always)
@@ -78,25 +81,23 @@ private func reduceTiled<T, A>(
 ) {
     let dst = destination.assumingMemoryBound(to: T.self)
     let tileElements = tileBytes / MemoryLayout<A>.stride
-    withUnsafeTemporaryAllocation(of: A.self, capacity: tileElements) { acc in
-        let accBase = acc.baseAddress!
-        var start = 0
-        while start < count {
-            let n = Swift.min(tileElements, count - start)
-            let first = sources[0].assumingMemoryBound(to: T.self) + start
-            for i in 0..<n { (accBase + i).initialize(to: load(first[i])) }
-            for j in 1..<sources.count {
-                let s = sources[j].assumingMemoryBound(to: T.self) + start
-                for i in 0..<n { accBase[i] = combine(accBase[i], load(s[i])) }
-            }
-            let d = dst + start
-            if let finish {
-                for i in 0..<n { d[i] = store(finish(accBase[i])) }
-            } else {
-                for i in 0..<n { d[i] = store(accBase[i]) }
-            }
-            start += n
+    let accBase = fvd_thread_scratch().bindMemory(to: A.self, capacity: tileElements)
+    var start = 0
+    while start < count {
+        let n = Swift.min(tileElements, count - start)
+        let first = sources[0].assumingMemoryBound(to: T.self) + start
+        for i in 0..<n { (accBase + i).initialize(to: load(first[i])) }
+        for j in 1..<sources.count {
+            let s = sources[j].assumingMemoryBound(to: T.self) + start
+            for i in 0..<n { accBase[i] = combine(accBase[i], load(s[i])) }
         }
+        let d = dst + start
+        if let finish {
+            for i in 0..<n { d[i] = store(finish(accBase[i])) }
+        } else {
+            for i in 0..<n { d[i] = store(accBase[i]) }
+        }
+        start += n
     }
 }
 

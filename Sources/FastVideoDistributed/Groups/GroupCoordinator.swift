@@ -100,7 +100,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     /// `body` gets the call number and runs after every member has published a header
     /// equal to this one, so argument checks inside it throw on every rank alike. `output`
     /// is a buffer peers read in place (the large all-reduce's); `sends` is whether peers
-    /// read this rank's input at all; `eager`, a send that may return before it is
+    /// read this rank's input at all; `isSend` marks a send, which may return before it is
     /// received (see `performCollective`). `payload` gives the call's bytes for the log and
     /// metrics from its result (default: the input's size).
     ///
@@ -110,7 +110,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
     @inline(__always)
     func collective<R>(
         _ op: CollectiveOp, _ input: Tensor, arguments: ArgumentList = ArgumentList(), output: Tensor? = nil,
-        on endpoint: Endpoint? = nil, sends: Bool = true, eager: Bool = false, payload: ((R) -> Int)? = nil,
+        on endpoint: Endpoint? = nil, sends: Bool = true, isSend: Bool = false, payload: ((R) -> Int)? = nil,
         _ body: (_ call: Int) throws -> R
     ) throws -> R {
         // Started collectives are pending: this call comes after them.
@@ -118,16 +118,16 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         // Two calls rather than `endpoint ?? self.endpoint`, whose result would be a new reference to count.
         if let endpoint {
             return try run(
-                op, input, arguments: arguments, output: output, on: endpoint, sends: sends, eager: eager, payload: payload, body)
+                op, input, arguments: arguments, output: output, on: endpoint, sends: sends, isSend: isSend, payload: payload, body)
         }
         return try run(
-            op, input, arguments: arguments, output: output, on: self.endpoint, sends: sends, eager: eager, payload: payload, body)
+            op, input, arguments: arguments, output: output, on: self.endpoint, sends: sends, isSend: isSend, payload: payload, body)
     }
 
     @inline(__always)
     private func run<R>(
         _ op: CollectiveOp, _ input: Tensor, arguments: ArgumentList, output: Tensor?, on endpoint: Endpoint, sends: Bool,
-        eager: Bool, payload: ((R) -> Int)?, _ body: (_ call: Int) throws -> R
+        isSend: Bool, payload: ((R) -> Int)?, _ body: (_ call: Int) throws -> R
     ) throws -> R {
         let channel = endpoint.channel
         guard channel.enter() else {
@@ -147,7 +147,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         let metric = Int(op.rawValue)
         do {
             let result = try performCollective(
-                on: channel, call: call, op: op, input: input, arguments: arguments, output: output, sends: sends, eager: eager
+                on: channel, call: call, op: op, input: input, arguments: arguments, output: output, sends: sends, isSend: isSend
             ) { try body(call) }
             let end = TickClock.now()
             recorder.end(sequence, at: end)

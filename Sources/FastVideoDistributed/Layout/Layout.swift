@@ -77,6 +77,14 @@ enum Layout {
                 ? [batch, sequence * parts, heads / parts, headDim] : [batch, sequence / parts, heads * parts, headDim]
         }
 
+        /// Whether `shape` is ``outputShape(headDim:)``, compared without building it.
+        func produces(_ shape: [Int], headDim: Int) -> Bool {
+            guard shape.count == 4, shape[0] == batch, shape[3] == headDim else { return false }
+            return scatterHeads
+                ? shape[1] == sequence * parts && shape[2] == heads / parts
+                : shape[1] == sequence / parts && shape[2] == heads * parts
+        }
+
         /// The block rank `receiver` takes from rank `sender`'s input into its own output.
         func copy(from sender: Int, to receiver: Int) -> StridedCopy {
             let d = headBytes, n = parts

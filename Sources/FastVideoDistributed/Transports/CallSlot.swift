@@ -4,7 +4,7 @@ import CFVDShims
 /// built only where a person reads it (errors, logs, the flight recorder).
 enum CollectiveOp: UInt8, Sendable, CaseIterable {
     case allReduce, allGather, tensorModelParallelAllGather, sequenceModelParallelAllGather, allGatherInPlace
-    case allGatherWithUnpad, reduceScatter, gather, broadcast, barrier, allToAll4D, send, recv
+    case allGatherWithUnpad, reduceScatter, gather, broadcast, barrier, allToAll4D, send, recv, recvInPlace, broadcastInPlace
     case broadcastObject, broadcastTensorDict, gatherVJP
     /// A header that cannot be any real call (``Fault/Action/corruptHeader``).
     case corrupt
@@ -25,6 +25,8 @@ enum CollectiveOp: UInt8, Sendable, CaseIterable {
         case .allToAll4D: return "all_to_all_4D"
         case .send: return "send"
         case .recv: return "recv"
+        case .recvInPlace: return "recv_in_place"
+        case .broadcastInPlace: return "broadcast_in_place"
         case .broadcastObject: return "broadcast_object"
         case .broadcastTensorDict: return "broadcast_tensor_dict"
         case .gatherVJP: return "gather_vjp"
@@ -45,7 +47,8 @@ enum CollectiveOp: UInt8, Sendable, CaseIterable {
         case .broadcast: return .broadcast
         case .barrier: return .barrier
         case .allToAll4D: return .allToAll4D
-        case .send, .recv: return .sendRecv
+        case .send, .recv, .recvInPlace: return .sendRecv
+        case .broadcastInPlace: return .broadcast
         case .broadcastObject, .broadcastTensorDict, .gatherVJP: return .broadcastAny
         case .corrupt: return .corrupt
         }
@@ -192,13 +195,25 @@ struct CallSlot {
     func dimension(_ i: Int) -> Int { Int(field(Self.shapeOffset + i * 8, Int64.self)) }
     func argument(_ i: Int) -> Int { Int(field(Self.argumentsOffset + i * 8, Int64.self)) }
 
-    /// The bytes of the data the header describes, or an error if the shape is impossible
-    /// (more dimensions than a header holds, or too large).
-    func byteCount() throws -> Int {
+    /// The shape of the data the header describes, or an error if it is impossible (more
+    /// dimensions than a header holds, or too large).
+    func dataShape() throws -> [Int] {
         guard ndim <= Self.maxDims else {
             throw FVDError.invalidArgument("\(op.name): a tensor of \(ndim) dimensions; a transfer carries at most \(Self.maxDims)")
         }
-        return try Tensor.elementCount(of: shape) * dtype.byteSize
+        let shape = shape
+        _ = try Tensor.elementCount(of: shape)
+        return shape
+    }
+
+    /// The bytes of the data the header describes, or an error as ``dataShape()``.
+    func byteCount() throws -> Int { try Tensor.elementCount(of: dataShape()) * dtype.byteSize }
+
+    /// Whether the header's shape is `shape` (compared in place, without building an array).
+    func hasShape(_ shape: [Int]) -> Bool {
+        guard ndim == shape.count, ndim <= Self.maxDims else { return false }
+        for (i, d) in shape.enumerated() where dimension(i) != d { return false }
+        return true
     }
 
     /// Writes everything but the arrival word and the payload.

@@ -78,6 +78,9 @@ final class GroupRegion: @unchecked Sendable {
         CallSlot(base + Self.slotsOffset(members: memberCount) + (2 * i + (call & 1)) * CallSlot.byteCount)
     }
 
+    /// How long a waiter of an oversubscribed world yields before it sleeps.
+    static let yieldNanoseconds: UInt64 = 200_000
+
     static func target(call: Int, phase: Phase) -> UInt64 { UInt64(call + 1) * 4 + UInt64(phase.rawValue) }
 
     /// Claims member `i`'s next call number.
@@ -144,11 +147,13 @@ final class GroupRegion: @unchecked Sendable {
     /// Blocks until `condition` holds.
     ///
     /// When the waiters fit on the cores it spins (about 50 µs of `pause`s by count, then
-    /// by the clock up to 250 µs), then yields a few times, then sleeps on the futex in
-    /// slices of at most 50 ms (so a lost wake could only delay). The clock is first read
-    /// once the spin budget is spent. `check` runs every few thousand spins and before each
-    /// sleep, and throws to abandon the wait (abort, peer exit). Returns `false` when
-    /// `timeout` (nanoseconds, counted from the first sleep) has passed.
+    /// by the clock up to 250 µs) and yields for 20 µs; in an oversubscribed world it only
+    /// yields, for 200 µs (the ranks sharing a core need the switches; a futex sleep and
+    /// wake costs more). Then it sleeps on the futex in slices of at most 50 ms (so a lost
+    /// wake could only delay). The clock is first read once the spin budget is spent.
+    /// `check` runs every few hundred spins, every 16 yields and before each sleep, and
+    /// throws to abandon the wait (abort, peer exit). Returns `false` when `timeout`
+    /// (nanoseconds, counted from the first sleep) has passed.
     func wait(
         until condition: () -> Bool, spin: Bool, shared: Bool, timeout: UInt64, check: () throws -> Void
     ) rethrows -> Bool {
@@ -171,9 +176,18 @@ final class GroupRegion: @unchecked Sendable {
                 }
             }
         }
-        for _ in 0..<(spin ? 16 : 64) {
+        // Yield to the ranks that share this core (oversubscribed worlds) before sleeping:
+        // a futex sleep and wake cost more than the switches a collective needs.
+        let yieldUntil = fvd_now_ns() &+ (spin ? 20_000 : Self.yieldNanoseconds)
+        var yields = 0
+        while true {
             sched_yield()
             if condition() { return true }
+            yields &+= 1
+            if yields & 15 == 0 {
+                try check()
+                if fvd_now_ns() > yieldUntil { break }
+            }
         }
         let (sum, overflow) = fvd_now_ns().addingReportingOverflow(timeout)
         let deadline = overflow ? UInt64.max : sum
