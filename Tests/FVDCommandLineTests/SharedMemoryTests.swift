@@ -31,7 +31,7 @@ struct SharedMemoryTests {
         let result = try launch(n, ["selftest", "--extras-only"])
         #expect(result.status == 0, "\(result.stderr)")
         for rank in 0..<n {
-            #expect(result.stdout.contains("[r\(rank)] selftest rank \(rank) of \(n) (shared memory): 23 results equal"), "\(result.stdout)")
+            #expect(result.stdout.contains("[r\(rank)] selftest rank \(rank) of \(n) (shared memory): 33 results equal"), "\(result.stdout)")
         }
     }
 

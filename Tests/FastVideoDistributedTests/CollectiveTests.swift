@@ -202,25 +202,31 @@ struct CollectiveReferenceTests {
             var exchanged = try Tensor(zeros: [1, 2 * n, 2, 3], dtype: .bfloat16)
             try world.allToAll4D(a, into: &exchanged)
             // A wrong output on the last rank: an error there, the others complete the call.
-            var wrong = try Tensor(zeros: world.rank == n - 1 ? [2, 4] : [2, 3], dtype: .float32)
-            let wrongOutcome: String
-            do {
-                try world.reduceScatter(x, into: &wrong, dim: 1)
-                wrongOutcome = "ok"
-            } catch {
-                wrongOutcome = "\(error)"
+            func outcome(_ body: () throws -> Void) -> String {
+                do {
+                    try body()
+                    return "ok"
+                } catch {
+                    return "\(error)"
+                }
             }
+            var wrong = try Tensor(zeros: world.rank == n - 1 ? [2, 4] : [2, 3], dtype: .float32)
+            let wrongReduced = outcome { try world.reduceScatter(x, into: &wrong, dim: 1) }
+            var wrongExchanged = try Tensor(zeros: world.rank == n - 1 ? [1, 2 * n, 3, 3] : [1, 2 * n, 2, 3], dtype: .bfloat16)
+            let wrongExchange = outcome { try world.allToAll4D(a, into: &wrongExchanged) }
             return [
                 reduced == (try world.reduceScatter(x, dim: 1)) ? "same" : "differs",
                 shared == (try Tensor(zeros: [2, 3], dtype: .float32)) ? "kept" : "changed",
                 exchanged == (try world.allToAll4D(a)) ? "same" : "differs",
-                wrongOutcome,
+                wrongReduced, wrongExchange,
             ]
         }
         for rank in 0..<n {
             #expect(Array(results[rank][0..<3]) == ["same", "kept", "same"], "rank \(rank)")
             #expect(results[rank][3] == (rank == n - 1
                 ? "reduce_scatter: the output tensor has shape [2, 4] and dtype float32; the result has shape [2, 3] and dtype float32" : "ok"))
+            #expect(results[rank][4] == (rank == n - 1
+                ? "all_to_all_4D: the output tensor has shape [1, \(2 * n), 3, 3] and dtype bfloat16; the result has shape [1, \(2 * n), 2, 3] and dtype bfloat16" : "ok"))
         }
     }
 

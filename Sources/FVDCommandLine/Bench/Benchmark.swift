@@ -258,9 +258,13 @@ public func runBenchmark(
                 var out = try group.allToAll4D(x)
                 return { try group.allToAll4D(x, into: &out) }
             default:
+                // As mpi_bench: rank 0 sends one tensor and receives into another; rank 1
+                // sends back what it received.
+                let x = y
+                var received = try Tensor(zeros: shape, dtype: config.dtype)
                 switch group.rankInGroup {
-                case 0: return { try group.send(y, to: 1); try group.recv(into: &y, from: 1) }
-                case 1: return { try group.recv(into: &y, from: 0); try group.send(y, to: 0) }
+                case 0: return { try group.send(x, to: 1); try group.recv(into: &received, from: 1) }
+                case 1: return { try group.recv(into: &received, from: 0); try group.send(received, to: 0) }
                 default: return {}
                 }
             }

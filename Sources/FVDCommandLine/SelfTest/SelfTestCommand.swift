@@ -203,8 +203,31 @@ private func runCollectives(
             try world.barrier()
         }
     }
+    if !extrasOnly { results += try runIntoForms(world, worldSize: n) }
     if n >= 2 { results += try runExtras(world, worldSize: n) }
     if unmatchedRecv, n >= 2, world.rankInGroup == n - 1 { _ = try world.recv(from: 0) }
+    return results
+}
+
+/// The forms that write the caller's tensor, after FastVideo's collectives (so their call
+/// numbers stay put): reduce-scatter and the all-to-all into an output, broadcast in
+/// place, small and large.
+private func runIntoForms(_ world: GroupCoordinator, worldSize n: Int) throws -> [Tensor] {
+    var results: [Tensor] = []
+    for (k, dtype) in [DType.float32, .bfloat16].enumerated() {
+        for shape in [[1, 2 * n, 2 * n, 4], [2, 40 * n, 8 * n, 16]] {
+            let x = try input(rank: world.rank, shape: shape, dtype: dtype, salt: 300 + k)
+            var reduced = try Tensor(zeros: [shape[0], shape[1] / n] + shape.dropFirst(2), dtype: dtype)
+            try world.reduceScatter(x, into: &reduced, dim: 1)
+            var broadcast = x
+            try world.broadcast(inPlace: &broadcast, from: (k + 1) % n)
+            var heads = try Tensor(zeros: [shape[0], shape[1] * n, shape[2] / n, shape[3]], dtype: dtype)
+            try world.allToAll4D(x, into: &heads)
+            var back = try Tensor(zeros: shape, dtype: dtype)
+            try world.allToAll4D(heads, into: &back, scatterDim: 1, gatherDim: 2)
+            results += [reduced, broadcast, heads, back]
+        }
+    }
     return results
 }
 
@@ -240,6 +263,10 @@ private func runExtras(_ world: GroupCoordinator, worldSize n: Int) throws -> [T
         let shape = k == 2 ? [0, 4] : k == 5 ? [300_000] : [k + 1, n]
         let x = try randomBytes(shape, dtype, seed: UInt64(1000 * me + k))
         try ring({ try world.send(x) }, { results.append(try world.recv(shape: shape, dtype: dtype)) })
+        // recv(into:) of the same transfer.
+        var into = try Tensor(zeros: shape, dtype: dtype)
+        try ring({ try world.send(x) }, { try world.recv(into: &into) })
+        results.append(into)
     }
     let dict = TensorDict(
         ["a": try randomBytes([me + 1, 3], .bfloat16, seed: UInt64(me)), "empty": try randomBytes([0], .int64, seed: 0)],

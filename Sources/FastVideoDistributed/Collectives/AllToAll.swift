@@ -94,7 +94,12 @@ extension GroupCoordinator {
     ///     dimension divisible by the group size); else the uneven or grouped-query split
     ///     (see ``AllToAllSplit``).
     public func allToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil) throws -> Tensor {
-        try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil)
+        if split == nil, size > 1, let even = localEvenPlan(input, scatterDim: scatterDim, gatherDim: gatherDim) {
+            let output = Tensor(uninitializedShape: even.outputShape(headDim: input.shape[3]), dtype: input.dtype)
+            try evenAllToAll(input, even, scatterDim: scatterDim, gatherDim: gatherDim, into: output)
+            return output
+        }
+        return try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil)
     }
 
     /// The all-to-all into the caller's `output` (`torch.distributed.all_to_all_single(output,
@@ -110,7 +115,53 @@ extension GroupCoordinator {
         _ input: Tensor, into output: inout Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil
     ) throws {
         output.makeUnique()
-        _ = try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil, into: output)
+        let target = output
+        if split == nil, size > 1, let even = localEvenPlan(input, scatterDim: scatterDim, gatherDim: gatherDim),
+            target.dtype == input.dtype, even.produces(target.shape, headDim: input.shape[3])
+        {
+            return try evenAllToAll(input, even, scatterDim: scatterDim, gatherDim: gatherDim, into: target)
+        }
+        _ = try allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: nil, into: target)
+    }
+
+    /// FastVideo's even all-to-all into `target` (of the result's shape and dtype), as this
+    /// rank's input asks for it: the small calls' path, whose body touches only numbers and a
+    /// pointer. When a member passed another shape, the same call takes the general path,
+    /// which names the problem on every rank. The call (op, arguments) is the general one's,
+    /// so ranks that take either path meet.
+    private func evenAllToAll(
+        _ input: Tensor, _ even: Layout.EvenAllToAll4D, scatterDim: Int, gatherDim: Int, into target: Tensor
+    ) throws {
+        let destination = target.storage.pointer, bytes = target.byteCount
+        let (b, s, h, d) = (input.shape[0], input.shape[1], input.shape[2], input.shape[3])
+        let arguments = ArgumentList(dimKey(scatterDim, 4), dimKey(gatherDim, 4))
+        try collective(.allToAll4D, input, arguments: arguments) { _ in
+            guard membersPassed(b, s, h, d) else {
+                _ = try pullAllToAll(input, scatterDim: scatterDim, gatherDim: gatherDim, split: nil, headChunk: nil, into: target)
+                return
+            }
+            try pullFromEveryMember(channel, into: destination, totalBytes: bytes) { j, r in even.copy(from: j, to: r) }
+        }
+    }
+
+    /// The even plan `input` asks for on its own (4-D, valid dims, divisible), or `nil`.
+    private func localEvenPlan(_ input: Tensor, scatterDim: Int, gatherDim: Int) -> Layout.EvenAllToAll4D? {
+        let shape = input.shape
+        guard shape.count == 4, let s = try? Layout.normalize(dim: scatterDim, ndim: 4, op: ""),
+            let g = try? Layout.normalize(dim: gatherDim, ndim: 4, op: ""), (s, g) == (2, 1) || (s, g) == (1, 2),
+            shape[s] % size == 0
+        else { return nil }
+        return Layout.EvenAllToAll4D(scatterHeads: s == 2, shape: shape, parts: size, elementSize: input.dtype.byteSize)
+    }
+
+    /// Whether every member's header has the 4-D shape `[b, s, h, d]`.
+    private func membersPassed(_ b: Int, _ s: Int, _ h: Int, _ d: Int) -> Bool {
+        for j in 0..<size {
+            let slot = channel.slot(of: j)
+            guard slot.ndim == 4, slot.dimension(0) == b, slot.dimension(1) == s, slot.dimension(2) == h, slot.dimension(3) == d
+            else { return false }
+        }
+        return true
     }
 
     /// The all-to-all, or with `headChunk` (`k` of `count`) only the `k`-th of `count`
@@ -133,31 +184,11 @@ extension GroupCoordinator {
             return target
         }
         var arguments = ArgumentList(dimKey(scatterDim, 4), dimKey(gatherDim, 4))
-        guard split != nil || headChunk != nil else {
-            // FastVideo's even all-to-all, the small calls' path: a body with little to carry.
-            return try collective(.allToAll4D, input, arguments: arguments) { _ in
-                guard let even = evenPlan(input, scatterDim: scatterDim, gatherDim: gatherDim) else {
-                    return try pullAllToAll(input, scatterDim: scatterDim, gatherDim: gatherDim, split: nil, headChunk: nil, into: target)
-                }
-                let output = try evenOutput(even, input, target)
-                try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
-                    even.copy(from: j, to: destination)
-                }
-                return output
-            }
-        }
         if let split { for a in split.arguments { arguments.append(a) } }
         if let (k, count) = headChunk { for a in [-2, k, count] { arguments.append(a) } }
         return try collective(.allToAll4D, input, arguments: arguments) { _ in
             try pullAllToAll(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split, headChunk: headChunk, into: target)
         }
-    }
-
-    /// The caller's `target` (checked without building the result's shape) or a new tensor.
-    private func evenOutput(_ even: Layout.EvenAllToAll4D, _ input: Tensor, _ target: Tensor?) throws -> Tensor {
-        let headDim = input.shape[3]
-        if let target, target.dtype == input.dtype, even.produces(target.shape, headDim: headDim) { return target }
-        return try target.checkedOutput(even.outputShape(headDim: headDim), input.dtype, op: "all_to_all_4D")
     }
 
     /// The body of an all-to-all with any split: every member's shape checked, its plan
@@ -171,10 +202,21 @@ extension GroupCoordinator {
         let plan = try chunked(
             try allToAllPlan(shapes: shapes, scatterDim: scatterDim, gatherDim: gatherDim, split: split, input.dtype, op: name),
             headChunk)
-        let output = try target.checkedOutput(plan.outputShape(rank: rankInGroup), input.dtype, op: name)
+        // A caller's output of the wrong shape is an error on this rank alone, after the
+        // exchange (into scratch), since moving the blocks may be collective (MPI).
+        let shape = plan.outputShape(rank: rankInGroup)
+        var outputError: (any Error)?
+        let output: Tensor
+        do {
+            output = try target.checkedOutput(shape, input.dtype, op: name)
+        } catch {
+            outputError = error
+            output = Tensor(uninitializedShape: shape, dtype: input.dtype)
+        }
         try pullFromEveryMember(channel, into: output.storage.pointer, totalBytes: output.byteCount) { j, destination in
             plan.copy(from: j, to: destination)
         }
+        if let outputError { throw outputError }
         return output
     }
 
@@ -192,22 +234,6 @@ extension GroupCoordinator {
             chunk.headStart[r] = plan.headStart[r] + Layout.offsets(of: sizes)[k]
         }
         return chunk
-    }
-
-    /// FastVideo's even all-to-all when every member passed `input`'s 4-D shape and the
-    /// arguments are valid (read from the members' slots, without building arrays); `nil`
-    /// otherwise, and ``allToAllPlan(shapes:scatterDim:gatherDim:split:_:op:)`` names the problem.
-    private func evenPlan(_ input: Tensor, scatterDim: Int, gatherDim: Int) -> Layout.EvenAllToAll4D? {
-        let shape = input.shape
-        guard shape.count == 4, let s = try? Layout.normalize(dim: scatterDim, ndim: 4, op: ""),
-            let g = try? Layout.normalize(dim: gatherDim, ndim: 4, op: ""), (s, g) == (2, 1) || (s, g) == (1, 2),
-            shape[s] % size == 0
-        else { return nil }
-        for j in 0..<size {
-            let slot = channel.slot(of: j)
-            guard slot.ndim == 4, (0..<4).allSatisfy({ slot.dimension($0) == shape[$0] }) else { return nil }
-        }
-        return Layout.EvenAllToAll4D(scatterHeads: s == 2, shape: shape, parts: size, elementSize: input.dtype.byteSize)
     }
 
     /// Checks the all-to-all's arguments against every member's input shape (`shapes`, in
