@@ -70,11 +70,14 @@ public final class FlightRecorder: @unchecked Sendable {
         static let storedDims = 8
         static let count = 16
     }
-    /// Invariant: `capacity × Word.count` words, accessed only through C11 atomics (writers
-    /// of different threads of the rank, and readers, may meet on a record).
+    /// Invariant: one cache line holding the next sequence number (word 0), then `capacity ×
+    /// Word.count` words of records, 64-byte aligned, accessed only through C11 atomics
+    /// (writers of different threads of the rank, and readers, may meet on a record). The
+    /// counter has a line of its own: the ranks of one process each bump theirs on every
+    /// call, and sharing a line would make their cores fight over it.
     private let words: UnsafeMutablePointer<UInt64>
-    /// The next sequence number.
-    private let next = Atomic<Int>(0)
+    private var next: UnsafeMutablePointer<UInt64> { words }
+    private var ring: UnsafeMutablePointer<UInt64> { words + 8 }
     private let labels = Locked<(names: [String], index: [String: Int])>(([], [:]))
     /// The messages of failed calls, by sequence (the last `capacity` at most).
     private let errors = Locked<[Int: String]>([:])
@@ -94,8 +97,8 @@ public final class FlightRecorder: @unchecked Sendable {
         self.capacity = max(1, capacity)
         self.directory = directory
         self.printsOnBreak = printsOnBreak
-        words = .allocate(capacity: self.capacity * Word.count)
-        words.initialize(repeating: 0, count: self.capacity * Word.count)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: (8 + self.capacity * Word.count) * 8, alignment: 64)
+        words = raw.initializeMemory(as: UInt64.self, repeating: 0, count: 8 + self.capacity * Word.count)
         wallOffset = Int64(bitPattern: fvd_wall_ns() &- fvd_now_ns())
         TickClock.prepare()
     }
@@ -117,11 +120,11 @@ public final class FlightRecorder: @unchecked Sendable {
         }
     }
 
-    private func record(_ sequence: Int) -> UnsafeMutablePointer<UInt64> { words + (sequence % capacity) * Word.count }
+    private func record(_ sequence: Int) -> UnsafeMutablePointer<UInt64> { ring + (sequence % capacity) * Word.count }
 
     /// The kept calls, oldest first.
     public var records: [FlightRecord] {
-        let end = next.load(ordering: .acquiring)
+        let end = Int(fvd_atomic_load_u64(next))
         let names = labels.withLock { $0.names }
         let messages = errors.withLock { $0 }
         return (max(0, end - capacity)..<end).compactMap { read($0, names: names, messages: messages) }
@@ -151,7 +154,7 @@ public final class FlightRecorder: @unchecked Sendable {
 
     /// Records the start of a call at `time` (a ``TickClock`` reading) and returns its sequence number.
     func begin(op: CollectiveOp, label: Label, call: Int, shape: [Int], dtype: DType, at time: UInt64 = TickClock.now()) -> Int {
-        let sequence = next.wrappingAdd(1, ordering: .relaxed).oldValue
+        let sequence = Int(fvd_atomic_add_u64(next, 1) - 1)
         let r = record(sequence)
         fvd_atomic_store_u64(r, 0)
         func set(_ i: Int, _ value: UInt64) { fvd_atomic_store_relaxed_u64(r + i, value) }
