@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #if defined(__x86_64__)
@@ -95,4 +96,16 @@ int fvd_punch_hole(int fd, int64_t offset, int64_t length) {
 void *fvd_thread_scratch(void) {
     static __thread _Alignas(64) unsigned char scratch[FVD_THREAD_SCRATCH_BYTES];
     return scratch;
+}
+
+uint32_t *fvd_thread_spin_budget(void) {
+    static __thread uint32_t budget = FVD_SPIN_BUDGET_MAX_NS;
+    return &budget;
+}
+
+int fvd_affinity_cpu_count(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    return CPU_COUNT(&set);
 }

@@ -81,6 +81,15 @@ void fvd_store_fence(void);
 /// alive as long as it is: a work area without an allocation or a stack-size check.
 void *fvd_thread_scratch(void);
 
+/// The most a waiter spins by the clock, in nanoseconds (the starting spin budget).
+#define FVD_SPIN_BUDGET_MAX_NS 200000u
+/// The calling thread's spin budget in nanoseconds, which GroupRegion.wait adapts:
+/// starts at FVD_SPIN_BUDGET_MAX_NS; private to the thread and alive as long as it is.
+uint32_t *fvd_thread_spin_budget(void);
+/// CPUs the calling thread may run on (its affinity mask, as `taskset` sets it), or 0
+/// when the mask cannot be read.
+int fvd_affinity_cpu_count(void);
+
 /// shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600); returns the fd or -errno.
 int fvd_shm_create_or_open(const char *name);
 /// Allocates the pages of [offset, offset + length) of `fd` (posix_fallocate); 0 or an errno

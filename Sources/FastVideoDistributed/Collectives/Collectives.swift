@@ -1,5 +1,3 @@
-import CFVDShims
-
 /// The collectives, written once against ``PeerMemoryChannel``: each output byte is
 /// copied once, straight from the peer's input into its final place.
 extension GroupCoordinator {

@@ -1,6 +1,3 @@
-import CFVDShims
-import Dispatch
-
 /// One process group as seen from one rank: FastVideo's `GroupCoordinator`.
 ///
 /// It knows the group's members and this rank's place among them, and runs the

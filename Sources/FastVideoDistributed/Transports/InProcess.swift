@@ -62,7 +62,7 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
         let directory = FlightRecorder.directoryFromEnvironment
         recorders = (0..<size).map { FlightRecorder(rank: $0, directory: directory, printsOnBreak: false) }
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
-        spin = size <= ProcessInfo.processInfo.activeProcessorCount
+        spin = size <= usableProcessorCount
         exited = Locked(Array(repeating: false, count: size))
     }
 

@@ -272,6 +272,9 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
         self.segment = segment
         recorder = FlightRecorder(rank: segment.rank, directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
+        // The online processors, not this process's affinity mask: ranks pinned one per
+        // core each see a single CPU. Ranks forced onto one CPU stop spinning by themselves
+        // (GroupRegion.wait's adaptive budget).
         spin = segment.worldSize <= ProcessInfo.processInfo.activeProcessorCount
     }
 

@@ -1,4 +1,5 @@
 import CFVDShims
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -78,6 +79,15 @@ final class GroupRegion: @unchecked Sendable {
         CallSlot(base + Self.slotsOffset(members: memberCount) + (2 * i + (call & 1)) * CallSlot.byteCount)
     }
 
+    /// Halves the spin budget (below 4 µs: none) when the peer needed this core, else
+    /// doubles it (from at least 4 µs) up to the most.
+    static func adapt(_ budget: UnsafeMutablePointer<UInt32>, peerNeededThisCore: Bool) {
+        let value = budget.pointee
+        budget.pointee = peerNeededThisCore
+            ? (value < 4_000 ? 0 : value / 2)
+            : min(FVD_SPIN_BUDGET_MAX_NS, max(4_000, value &* 2))
+    }
+
     /// How long a waiter of an oversubscribed world yields before it sleeps.
     static let yieldNanoseconds: UInt64 = 200_000
 
@@ -146,34 +156,40 @@ final class GroupRegion: @unchecked Sendable {
 
     /// Blocks until `condition` holds.
     ///
-    /// When the waiters fit on the cores it spins (about 50 µs of `pause`s by count, then
-    /// by the clock up to 250 µs) and yields for 20 µs; in an oversubscribed world it only
-    /// yields, for 200 µs (the ranks sharing a core need the switches; a futex sleep and
-    /// wake costs more). Then it sleeps on the futex in slices of at most 50 ms (so a lost
-    /// wake could only delay). The clock is first read once the spin budget is spent.
-    /// `check` runs every few hundred spins, every 16 yields and before each sleep, and
-    /// throws to abandon the wait (abort, peer exit). Returns `false` when `timeout`
-    /// (nanoseconds, counted from the first sleep) has passed.
+    /// When the waiters fit on the cores it spins: 256 `pause`s by count (about 6 µs,
+    /// which covers a peer that is already on its way), then by the clock for the thread's
+    /// spin budget (at most 200 µs), then yields for 20 µs. In an oversubscribed world it
+    /// only yields, for 200 µs (the ranks sharing a core need the switches; a futex sleep
+    /// and wake costs more). Then it sleeps on the futex in slices of at most 50 ms (so a
+    /// lost wake could only delay). `check` runs every few hundred spins, every 16 yields
+    /// and before each sleep, and throws to abandon the wait (abort, peer exit). Returns
+    /// `false` when `timeout` (nanoseconds, counted from the first sleep) has passed.
+    ///
+    /// The spin budget adapts, per thread, to whether spinning can work: a wait that ends
+    /// at its first or second yield had a peer that needed this core (the scheduler put
+    /// two ranks on one CPU for a while, which a spin only prolongs), so the budget halves,
+    /// down to none; a wait that ends after more yields or in a sleep had a peer that was
+    /// merely late, so it doubles back, up to 200 µs. Without this, two ranks that share a
+    /// CPU pay the whole budget at every rendezvous.
     func wait(
         until condition: () -> Bool, spin: Bool, shared: Bool, timeout: UInt64, check: () throws -> Void
     ) rethrows -> Bool {
         if condition() { return true }
+        var budget: UnsafeMutablePointer<UInt32>?
         if spin {
-            for i in 1...2048 {
+            for _ in 1...256 {
                 fvd_cpu_relax()
                 if condition() { return true }
-                if i & 1023 == 0 { try check() }
             }
-            let spinUntil = fvd_now_ns() &+ 200_000
-            var i = 0
-            while true {
-                fvd_cpu_relax()
-                if condition() { return true }
-                i &+= 1
-                if i & 255 == 0 {
-                    try check()
-                    if fvd_now_ns() > spinUntil { break }
+            try check()
+            budget = fvd_thread_spin_budget()
+            let spinUntil = fvd_now_ns() &+ UInt64(budget!.pointee)
+            while fvd_now_ns() < spinUntil {
+                for _ in 0..<256 {
+                    fvd_cpu_relax()
+                    if condition() { return true }
                 }
+                try check()
             }
         }
         // Yield to the ranks that share this core (oversubscribed worlds) before sleeping:
@@ -182,13 +198,17 @@ final class GroupRegion: @unchecked Sendable {
         var yields = 0
         while true {
             sched_yield()
-            if condition() { return true }
             yields &+= 1
+            if condition() {
+                if let budget { Self.adapt(budget, peerNeededThisCore: yields <= 2) }
+                return true
+            }
             if yields & 15 == 0 {
                 try check()
                 if fvd_now_ns() > yieldUntil { break }
             }
         }
+        if let budget { Self.adapt(budget, peerNeededThisCore: false) }
         let (sum, overflow) = fvd_now_ns().addingReportingOverflow(timeout)
         let deadline = overflow ? UInt64.max : sum
         while true {
@@ -211,6 +231,15 @@ final class GroupRegion: @unchecked Sendable {
             fvd_atomic_sub_u32(sleepers, 1)
         }
     }
+}
+
+/// Cores the threads of this process may use: the online processors, fewer when an
+/// affinity mask (`taskset`, a cpuset) confines the calling thread. An in-process world
+/// whose ranks do not fit waits without spinning.
+var usableProcessorCount: Int {
+    let online = ProcessInfo.processInfo.activeProcessorCount
+    let affinity = Int(fvd_affinity_cpu_count())
+    return affinity > 0 ? min(affinity, online) : online
 }
 
 /// What a channel's wait needs to know about its world.
