@@ -1,4 +1,6 @@
 import CFVDAllocationCounter
+import CFVDShims
+import Foundation
 import Testing
 
 @testable import FastVideoDistributed
@@ -72,5 +74,42 @@ struct HotPathTests {
                 #expect(rank[i] <= (i == 1 ? UInt64(2 * calls) : 0), "\(name): \(rank[i]) allocations in \(calls) calls")
             }
         }
+    }
+}
+
+@Suite("Waiting: the adaptive spin budget")
+struct SpinBudgetTests {
+    @Test("halves when the peer needed this CPU, down to none; doubles back when it was late, up to the most")
+    func adapts() {
+        let budget = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        defer { budget.deallocate() }
+        budget.pointee = FVD_SPIN_BUDGET_MAX_NS
+        var seen: [UInt32] = []
+        for _ in 0..<8 {
+            GroupRegion.adapt(budget, peerNeededThisCore: true)
+            seen.append(budget.pointee)
+        }
+        #expect(seen == [100_000, 50_000, 25_000, 12_500, 6_250, 3_125, 0, 0])
+        GroupRegion.adapt(budget, peerNeededThisCore: false)
+        #expect(budget.pointee == 4_000, "from none, a late peer restarts the spin at 4 µs")
+        for _ in 0..<10 { GroupRegion.adapt(budget, peerNeededThisCore: false) }
+        #expect(budget.pointee == FVD_SPIN_BUDGET_MAX_NS, "and it grows back to the most, no further")
+    }
+
+    @Test("a new thread starts with the whole budget; each thread has its own")
+    func perThread() {
+        let mine = fvd_thread_spin_budget()!
+        let saved = mine.pointee
+        defer { mine.pointee = saved }
+        mine.pointee = 0
+        let other = Locked<UInt32?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            other.withLock { $0 = fvd_thread_spin_budget().pointee }
+            done.signal()
+        }.start()
+        done.wait()
+        #expect(other.withLock { $0 } == FVD_SPIN_BUDGET_MAX_NS)
+        #expect(mine.pointee == 0)
     }
 }

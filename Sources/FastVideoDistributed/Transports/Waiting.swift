@@ -166,24 +166,30 @@ final class GroupRegion: @unchecked Sendable {
     /// `false` when `timeout` (nanoseconds, counted from the first sleep) has passed.
     ///
     /// The spin budget adapts, per thread, to whether spinning can work: a wait that ends
-    /// at its first or second yield had a peer that needed this core (the scheduler put
-    /// two ranks on one CPU for a while, which a spin only prolongs), so the budget halves,
-    /// down to none; a wait that ends after more yields or in a sleep had a peer that was
-    /// merely late, so it doubles back, up to 200 µs. Without this, two ranks that share a
-    /// CPU pay the whole budget at every rendezvous.
+    /// right after a yield that gave the CPU away (it took more than 3 µs) had a peer that
+    /// needed this CPU (the scheduler put two ranks on one CPU for a while, which a spin
+    /// only prolongs), so the budget halves, down to none; a wait that ends after yields
+    /// that returned at once, or in a sleep, had a peer that was merely late, so the budget
+    /// doubles back, up to 200 µs. A thread whose budget went to none skips the pauses
+    /// too. Without this, two ranks that share a CPU pay the whole spin at every
+    /// rendezvous.
     func wait(
         until condition: () -> Bool, spin: Bool, shared: Bool, timeout: UInt64, check: () throws -> Void
     ) rethrows -> Bool {
         if condition() { return true }
         var budget: UnsafeMutablePointer<UInt32>?
         if spin {
-            for _ in 1...256 {
-                fvd_cpu_relax()
-                if condition() { return true }
+            let spinBudget: UnsafeMutablePointer<UInt32> = fvd_thread_spin_budget()
+            budget = spinBudget
+            // A budget spent to none means the peer shares this CPU: not even the pauses.
+            if spinBudget.pointee > 0 {
+                for _ in 1...256 {
+                    fvd_cpu_relax()
+                    if condition() { return true }
+                }
             }
             try check()
-            budget = fvd_thread_spin_budget()
-            let spinUntil = fvd_now_ns() &+ UInt64(budget!.pointee)
+            let spinUntil = fvd_now_ns() &+ UInt64(spinBudget.pointee)
             while fvd_now_ns() < spinUntil {
                 for _ in 0..<256 {
                     fvd_cpu_relax()
@@ -197,10 +203,13 @@ final class GroupRegion: @unchecked Sendable {
         let yieldUntil = fvd_now_ns() &+ (spin ? 20_000 : Self.yieldNanoseconds)
         var yields = 0
         while true {
+            let yieldStart = budget == nil ? 0 : fvd_now_ns()
             sched_yield()
             yields &+= 1
             if condition() {
-                if let budget { Self.adapt(budget, peerNeededThisCore: yields <= 2) }
+                // A yield that took microseconds ran another thread on this CPU: the peer
+                // this wait needed, as the condition now holds.
+                if let budget { Self.adapt(budget, peerNeededThisCore: fvd_now_ns() &- yieldStart > 3_000) }
                 return true
             }
             if yields & 15 == 0 {
