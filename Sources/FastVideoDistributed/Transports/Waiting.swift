@@ -177,19 +177,17 @@ final class GroupRegion: @unchecked Sendable {
         until condition: () -> Bool, spin: Bool, shared: Bool, timeout: UInt64, check: () throws -> Void
     ) rethrows -> Bool {
         if condition() { return true }
-        var budget: UnsafeMutablePointer<UInt32>?
-        if spin {
-            let spinBudget: UnsafeMutablePointer<UInt32> = fvd_thread_spin_budget()
-            budget = spinBudget
+        let budget: UnsafeMutablePointer<UInt32>? = spin ? fvd_thread_spin_budget() : nil
+        if let budget {
             // A budget spent to none means the peer shares this CPU: not even the pauses.
-            if spinBudget.pointee > 0 {
+            if budget.pointee > 0 {
                 for _ in 1...256 {
                     fvd_cpu_relax()
                     if condition() { return true }
                 }
             }
             try check()
-            let spinUntil = fvd_now_ns() &+ UInt64(spinBudget.pointee)
+            let spinUntil = fvd_now_ns() &+ UInt64(budget.pointee)
             while fvd_now_ns() < spinUntil {
                 for _ in 0..<256 {
                     fvd_cpu_relax()
