@@ -149,12 +149,11 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
             let end = TickClock.now()
             recorder.end(sequence, at: end)
             let bytes = payload?(result) ?? input.byteCount
-            let nanoseconds = TickClock.nanoseconds(from: start, to: end)
-            instruments.withElement(metric, make: makeInstruments(op)) { $0.record(bytes: bytes, nanoseconds: nanoseconds) }
+            instruments.withElement(metric, make: makeInstruments(op)) { $0.record(bytes: bytes, from: start, to: end) }
             if Diagnostics.logs(.debug) {
                 Diagnostics.log(.debug, rank: rank, collectiveLogLine(
                     op: op.name, group: channel.label, call: call, shape: input.shape, dtype: input.dtype, bytes: bytes,
-                    nanoseconds: nanoseconds))
+                    nanoseconds: TickClock.nanoseconds(from: start, to: end)))
             }
             return result
         } catch {

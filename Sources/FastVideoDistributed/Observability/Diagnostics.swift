@@ -100,12 +100,13 @@ final class CollectiveInstruments: Sendable {
         duration = Metrics.Timer(label: "fvd.collective.duration", dimensions: dimensions)
     }
 
-    /// Counts one completed call of `bytes` that took `nanoseconds`.
-    func record(bytes count: Int, nanoseconds: UInt64) {
+    /// Counts one completed call of `bytes` that ran between the ``TickClock`` readings
+    /// `start` and `end` (converted only when recorded).
+    func record(bytes count: Int, from start: UInt64, to end: UInt64) {
         if discarded { return }
         calls.increment()
         bytes.increment(by: count)
-        duration.recordNanoseconds(Int64(clamping: nanoseconds))
+        duration.recordNanoseconds(Int64(clamping: TickClock.nanoseconds(from: start, to: end)))
     }
 }
 
