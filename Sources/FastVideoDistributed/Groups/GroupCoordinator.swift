@@ -149,7 +149,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
             let end = TickClock.now()
             recorder.end(sequence, at: end)
             let bytes = payload?(result) ?? input.byteCount
-            instruments.withElement(metric, make: makeInstruments(op)) { $0.record(bytes: bytes, from: start, to: end) }
+            instruments.withElement(metric, make: { makeInstruments(op) }) { $0.record(bytes: bytes, from: start, to: end) }
             if Diagnostics.logs(.debug) {
                 Diagnostics.log(.debug, rank: rank, collectiveLogLine(
                     op: op.name, group: channel.label, call: call, shape: input.shape, dtype: input.dtype, bytes: bytes,
@@ -159,7 +159,7 @@ public final class GroupCoordinator: Sendable, CustomStringConvertible {
         } catch {
             recorder.end(sequence, at: TickClock.now(), error: error)
             recorder.reportFailure(error)
-            instruments.withElement(metric, make: makeInstruments(op)) { $0.failures.increment() }
+            instruments.withElement(metric, make: { makeInstruments(op) }) { $0.failures.increment() }
             Diagnostics.log(.debug, rank: rank, "\(op.name) \(channel.label) call #\(call) failed: \(error)")
             throw error
         }

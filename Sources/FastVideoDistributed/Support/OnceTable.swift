@@ -35,23 +35,13 @@ final class OnceTable<Element: AnyObject & Sendable>: @unchecked Sendable {
 
     /// Runs `body` with element `i` (made by `make` the first time), without counting a
     /// reference to it: the table keeps it alive.
-    func withElement<R>(_ i: Int, make: () throws -> Element, _ body: (Element) throws -> R) throws -> R {
+    func withElement<R>(_ i: Int, make: () throws -> Element, _ body: (Element) throws -> R) rethrows -> R {
         var bits = fvd_atomic_load_u64(slots + i)
         if bits == 0 {
             _ = try element(i, make: make)
             bits = fvd_atomic_load_u64(slots + i)
         }
         return try Self.unmanaged(bits)._withUnsafeGuaranteedRef(body)
-    }
-
-    /// ``withElement(_:make:_:)`` for a `make` and a `body` that do not throw.
-    func withElement<R>(_ i: Int, make: @autoclosure () -> Element, _ body: (Element) -> R) -> R {
-        var bits = fvd_atomic_load_u64(slots + i)
-        if bits == 0 {
-            _ = element(i, make: make)
-            bits = fvd_atomic_load_u64(slots + i)
-        }
-        return Self.unmanaged(bits)._withUnsafeGuaranteedRef(body)
     }
 
     /// Element `i`, made by `make` the first time (when two threads race, one made object wins).
