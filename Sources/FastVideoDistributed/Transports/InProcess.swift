@@ -1,3 +1,4 @@
+import CFVDShims
 import Dispatch
 import Foundation
 import Synchronization
@@ -62,8 +63,17 @@ final class InProcessWorldState: ChannelFactory, WaitingWorld, Sendable {
         let directory = FlightRecorder.directoryFromEnvironment
         recorders = (0..<size).map { FlightRecorder(rank: $0, directory: directory, printsOnBreak: false) }
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
-        spin = size <= usableProcessorCount
+        spin = size <= Self.usableProcessorCount
         exited = Locked(Array(repeating: false, count: size))
+    }
+
+    /// Cores the threads of this process may use: the online processors, fewer when an
+    /// affinity mask (`taskset`, a cpuset) confines the calling thread. A world whose ranks
+    /// do not fit waits without spinning.
+    private static var usableProcessorCount: Int {
+        let online = ProcessInfo.processInfo.activeProcessorCount
+        let affinity = Int(fvd_affinity_cpu_count())
+        return affinity > 0 ? min(affinity, online) : online
     }
 
     func makeChannel(name: String, members: [Int], rank: Int) -> any PeerMemoryChannel {

@@ -1,5 +1,4 @@
 import CFVDShims
-import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -238,15 +237,6 @@ final class GroupRegion: @unchecked Sendable {
             fvd_atomic_sub_u32(sleepers, 1)
         }
     }
-}
-
-/// Cores the threads of this process may use: the online processors, fewer when an
-/// affinity mask (`taskset`, a cpuset) confines the calling thread. An in-process world
-/// whose ranks do not fit waits without spinning.
-var usableProcessorCount: Int {
-    let online = ProcessInfo.processInfo.activeProcessorCount
-    let affinity = Int(fvd_affinity_cpu_count())
-    return affinity > 0 ? min(affinity, online) : online
 }
 
 /// What a channel's wait needs to know about its world.
