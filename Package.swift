@@ -41,6 +41,7 @@ let package = Package(
         .target(
             name: "FVDCommandLine",
             dependencies: [
+                "CFVDShims",
                 "FastVideoDistributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,3 +1,4 @@
+import CFVDShims
 import FastVideoDistributed
 import Foundation
 
@@ -320,7 +321,7 @@ private struct Measurement {
 /// iterations. Each iteration starts at a barrier and times the prepared step, then, after
 /// another barrier, `memcpy` of `modelBytes` on every rank at once (so the baseline sees
 /// the same machine state as the collective, not a quieter or busier moment). An
-/// iteration's time is the slowest rank's.
+/// iteration's time is the slowest rank's, read from CLOCK_MONOTONIC as mpi_bench does.
 private func measure(
     _ everyRank: (_ body: @escaping @Sendable (GroupCoordinator) throws -> [Double]) throws -> [Double],
     _ config: BenchConfiguration, modelBytes: Int,
@@ -344,15 +345,15 @@ private func measure(
         for _ in 0..<config.rounds {
             for i in 0..<(config.warmup + config.iterations) {
                 try group.barrier()
-                let start = monotonicNanoseconds()
+                let start = fvd_now_ns()
                 try step()
-                let end = monotonicNanoseconds()
+                let end = fvd_now_ns()
                 var copy: UInt64 = 0
                 if modelBytes > 0 {
                     try group.barrier()
-                    let copyStart = monotonicNanoseconds()
+                    let copyStart = fvd_now_ns()
                     memcpy(destination, source, modelBytes)
-                    copy = monotonicNanoseconds() - copyStart
+                    copy = fvd_now_ns() - copyStart
                 }
                 if i >= config.warmup {
                     // At least 1 ns, so bandwidths stay finite even on a coarse clock.
@@ -369,13 +370,6 @@ private func measure(
     let op = Array(times[..<samples]), copy = Array(times[samples...])
     let rounds = (0..<config.rounds).map { r in Array(op[(r * config.iterations)..<((r + 1) * config.iterations)]).median }
     return Measurement(time: rounds.median, fastest: op.min()!, slowest: op.max()!, copy: copy)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds (what mpi_bench reads too).
-private func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 extension Array where Element == Double {
