@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #if defined(__x86_64__)
@@ -109,3 +110,29 @@ int fvd_affinity_cpu_count(void) {
     if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
     return CPU_COUNT(&set);
 }
+
+static volatile sig_atomic_t forward_child = 0;
+static volatile sig_atomic_t forwarded = 0;
+
+static void forward_signal(int sig) {
+    int saved = errno;
+    forwarded = sig;
+    if (forward_child > 0) kill((pid_t)forward_child, sig);
+    errno = saved;
+}
+
+int fvd_forward_signals_to(int child) {
+    static const int signals[] = {SIGINT, SIGTERM, SIGHUP};
+    forward_child = child;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = child >= 0 ? forward_signal : SIG_DFL;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    for (unsigned i = 0; i < sizeof signals / sizeof signals[0]; i++) {
+        if (sigaction(signals[i], &action, NULL) != 0) return -errno;
+    }
+    return 0;
+}
+
+int fvd_forwarded_signal(void) { return forwarded; }

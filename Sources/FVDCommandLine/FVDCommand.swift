@@ -1,4 +1,5 @@
 import ArgumentParser
+import FastVideoDistributed
 import Foundation
 
 /// The `fvd` command: FastVideo's collectives, from the command line.
@@ -16,20 +17,37 @@ public struct FVDCommand: ParsableCommand {
     /// ArgumentParser prints usage errors over several lines with the usage text; here
     /// every failure is one line on stderr and a non-zero exit (64 for usage errors),
     /// so scripts comparing implementations can rely on it. `--help` is unchanged.
+    /// Closed standard streams are replaced by `/dev/null` first (see `StandardStreams`),
+    /// and a command that succeeded but could not write its stdout (a full disk, a closed
+    /// stream) exits 1 with `error: cannot write to standard output: …` (141, silently,
+    /// for a closed pipe, as if killed by SIGPIPE).
     public static func runFromCommandLine(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
+        StandardStreams.prepare()
         do {
             var command = try parseAsRoot(arguments)
             try command.run()
-            Foundation.exit(0)
+            exitChecking(0)
         } catch let error as ExitCode {
-            Foundation.exit(error.rawValue)
+            exitChecking(error.rawValue)
         } catch {
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }  // --help, --version
             let message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             let line = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
-            FileHandle.standardError.write(Data("error: \(line) (see --help)\n".utf8))
+            writeError("error: \(line) (see --help)\n")
             Foundation.exit(code.rawValue)
         }
+    }
+
+    /// Exits with `status`, or with 1 (141 for a closed pipe) when it is 0 but a write to
+    /// stdout failed.
+    private static func exitChecking(_ status: Int32) -> Never {
+        fflush(nil)  // what ArgumentParser printed (help) through stdio
+        if status == 0, let code = StandardStreams.stdoutError {
+            if code == EPIPE { Foundation.exit(141) }
+            writeError("error: cannot write to standard output: \(String(cString: strerror(code)))\n")
+            Foundation.exit(1)
+        }
+        Foundation.exit(status)
     }
 }

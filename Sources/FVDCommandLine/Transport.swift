@@ -1,4 +1,5 @@
 import ArgumentParser
+import CFVDShims
 import FastVideoDistributed
 import Foundation
 
@@ -18,19 +19,46 @@ func checkTransport(_ name: String) throws {
 /// Whether this process was started as a rank by a launcher (`RANK` is set).
 var isLaunchedRank: Bool { ProcessInfo.processInfo.environment["RANK"] != nil }
 
-/// Runs this process's own command line again as `worldSize` ranks under `fvd launch`
-/// (output unprefixed, so rank 0's table reads as usual) and returns the launcher's
-/// exit status.
-func relaunchAsRanks(worldSize: Int, extraArguments: [String] = []) throws -> Int32 {
+/// `fvd launch -n worldSize --no-prefix -- fvd <this command line> extraArguments…`, the
+/// executable first (output unprefixed, so rank 0's table reads as usual).
+private func relaunchCommandLine(worldSize: Int, extraArguments: [String] = []) -> [String] {
     let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    return [executable, "launch", "-n", "\(worldSize)", "--no-prefix", "--", executable]
+        + CommandLine.arguments.dropFirst() + extraArguments
+}
+
+/// Replaces this process with `fvd launch` running this command line as `worldSize` ranks.
+///
+/// `exec`, not a child: the launcher takes this process's pid and process group, so Ctrl-C,
+/// `timeout` and `kill` reach it, it forwards them to the ranks, and its exit status is
+/// the command's.
+func relaunchAsRanks(worldSize: Int) throws -> Never {
+    let words = relaunchCommandLine(worldSize: worldSize)
+    var argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+    fflush(nil)
+    execv(words[0], &argv)
+    let code = errno
+    for pointer in argv { free(pointer) }
+    throw FVDError.invalidArgument("cannot start fvd launch (\(words[0])): \(String(cString: strerror(code)))")
+}
+
+/// Runs this command line as `worldSize` ranks under a child `fvd launch` and returns its
+/// exit status, for a command with work left after the ranks end (`fvd apply` moves their
+/// files into place). SIGINT, SIGTERM and SIGHUP sent to this process meanwhile are passed
+/// on to the launcher, which forwards them to the ranks, so none outlives this process.
+func runAsRanks(worldSize: Int, extraArguments: [String]) throws -> Int32 {
+    let words = relaunchCommandLine(worldSize: worldSize, extraArguments: extraArguments)
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = ["launch", "-n", "\(worldSize)", "--no-prefix", "--", executable] + CommandLine.arguments.dropFirst() + extraArguments
+    process.executableURL = URL(fileURLWithPath: words[0])
+    process.arguments = Array(words.dropFirst())
+    _ = fvd_forward_signals_to(0)  // record a signal that comes before the child has a pid
+    defer { _ = fvd_forward_signals_to(-1) }
     try process.run()
+    _ = fvd_forward_signals_to(process.processIdentifier)
+    if fvd_forwarded_signal() != 0 { kill(process.processIdentifier, fvd_forwarded_signal()) }
     process.waitUntilExit()
     return process.terminationStatus
 }
-
 
 /// Where a command runs its ranks.
 public enum RankPlacement: Sendable {
@@ -41,13 +69,14 @@ public enum RankPlacement: Sendable {
 
     /// Where a command with `--transport` runs: threads for `inprocess`; for `shm`, this
     /// process as its rank of the world from the environment. Outside a launcher, `shm`
-    /// first runs this same command as `worldSize` ranks and then ends with their exit
-    /// status (thrown as an `ExitCode`). `mpi` must be started by `mpirun` with
+    /// first replaces itself with `fvd launch` running this same command as `worldSize`
+    /// ranks (see ``relaunchAsRanks(worldSize:)``). Under a launcher (`WORLD_SIZE` > 1)
+    /// `inprocess` is refused: each rank would run a whole world of its own. `mpi` must be started by `mpirun` with
     /// `worldSize` ranks.
     static func forCommand(transport: String, worldSize: Int, timeout: Double? = nil) throws -> RankPlacement {
         switch transport {
         case "shm":
-            guard isLaunchedRank else { throw ExitCode(try relaunchAsRanks(worldSize: worldSize)) }
+            guard isLaunchedRank else { try relaunchAsRanks(worldSize: worldSize) }
             return .process(try World.fromEnvironment(timeout: timeout))
         case "mpi":
             let world = try World.fromEnvironment(timeout: timeout)
@@ -60,6 +89,12 @@ public enum RankPlacement: Sendable {
             }
             return .process(world)
         default:
+            // Under a launcher every rank would run its own copy of the whole in-process world.
+            if let size = ProcessInfo.processInfo.environment["WORLD_SIZE"], let n = Int(size), n > 1 {
+                throw FVDError.invalidArgument(
+                    "this process is one of WORLD_SIZE=\(n) launched ranks, but --transport inprocess runs every rank "
+                        + "as a thread of one process: use --transport shm under fvd launch, or run without a launcher")
+            }
             return .inProcess
         }
     }

@@ -100,7 +100,7 @@ struct BenchCommandTests {
             (["--transport", "nccl"], "unknown transport 'nccl'; use 'inprocess', 'shm' or 'mpi'"),
             (["--transport", "mpi"], mpiUnavailableOrNotUnderMPIRun),
             (["--world-size", "0"], "world size must be at least 1"),
-            (["--json", "/nonexistent-folder/r.json"], "its folder does not exist"),
+            (["--json", "/nonexistent-folder/r.json"], "--json: its folder /nonexistent-folder does not exist"),
         ] as [([String], String)]
     )
     func badOptions(_ arguments: [String], _ message: String) throws {

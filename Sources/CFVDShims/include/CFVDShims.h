@@ -100,4 +100,12 @@ int fvd_punch_hole(int fd, int64_t offset, int64_t length);
 /// shm_unlink(name); returns 0 or -errno.
 int fvd_shm_unlink(const char *name);
 
+/// Until the next call, SIGINT, SIGTERM and SIGHUP sent to this process are passed on to
+/// `child` (kill(child, sig) in the handler, which is async-signal-safe); 0 or -errno.
+/// `child` 0 only records them (for a child not started yet); < 0 puts the default
+/// handlers back.
+int fvd_forward_signals_to(int child);
+/// The last signal ``fvd_forward_signals_to`` passed on, or 0.
+int fvd_forwarded_signal(void);
+
 #endif

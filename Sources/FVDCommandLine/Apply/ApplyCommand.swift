@@ -80,7 +80,7 @@ struct ApplyCommand: ParsableCommand {
                 guard case .process(let world) = try RankPlacement.forCommand(transport: transport, worldSize: worldSize, timeout: timeout),
                     let paths = try runApplyOverMPI(config, world: world)
                 else { return }
-                print("\(operation.rawValue): wrote \(paths.count) file\(paths.count == 1 ? "" : "s") to \(outputs)")
+                printOutput("\(operation.rawValue): wrote \(paths.count) file\(paths.count == 1 ? "" : "s") to \(outputs)")
                 return
             }
             if transport == "shm", isLaunchedRank {
@@ -90,10 +90,10 @@ struct ApplyCommand: ParsableCommand {
             }
             let paths = transport == "shm"
                 ? try runApplyAsProcesses(config) { staging in
-                    try relaunchAsRanks(worldSize: worldSize, extraArguments: ["--rank-staging", staging])
+                    try runAsRanks(worldSize: worldSize, extraArguments: ["--rank-staging", staging])
                 }
                 : try runApply(config)
-            print("\(operation.rawValue): wrote \(paths.count) file\(paths.count == 1 ? "" : "s") to \(outputs)")
+            printOutput("\(operation.rawValue): wrote \(paths.count) file\(paths.count == 1 ? "" : "s") to \(outputs)")
         } catch let failed as ApplyRanksFailed {
             throw ExitCode(failed.status)  // the ranks and the launcher said why
         } catch let error as FVDError {

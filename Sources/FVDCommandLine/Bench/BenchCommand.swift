@@ -62,25 +62,24 @@ struct BenchCommand: ParsableCommand {
                 throw FVDError.invalidArgument("--plot \(plot): the file name must end in .svg or .html")
             }
             // Fail before a long run, not after it, when an output cannot be written.
-            for path in [json, csv, plot].compactMap({ $0 }) { try checkWritable(path) }
+            try checkOutputPaths([("--json", json), ("--csv", csv), ("--plot", plot)].compactMap { o, p in p.map { (o, $0) } })
             let ranks = try RankPlacement.forCommand(transport: transport, worldSize: worldSize)
             let printing = if case .process(let world) = ranks { world.rank == 0 } else { true }
             if printing {
-                print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
+                printOutput("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
                     + "median of \(iters) iterations after \(warmup) warmup"
                     + (rounds > 1 ? ", median of \(rounds) rounds" : ""))
-                print(BenchReport.tableHeader)
+                printOutput(BenchReport.tableHeader)
             }
             let report = try runBenchmark(config, ranks: ranks) { done, total, what in
                 if printing { progress.show("[\(done + 1)/\(total)] \(what)") }
             } row: { row in
                 guard printing else { return }
                 progress.clear()
-                print(BenchReport.tableLine(row))
-                fflush(nil)  // rows appear as they are measured, also through a pipe
+                printOutput(BenchReport.tableLine(row))
             }
             if printing {
-                print(report.averageLine)
+                printOutput(report.averageLine)
                 try writeOutputs(report)
             }
         } catch let exit as ExitCode {
@@ -116,17 +115,17 @@ struct BenchCommand: ParsableCommand {
         return config
     }
 
-    /// Writes the --json, --csv and --plot files, each atomically.
+    /// Writes the --json, --csv and --plot files (each atomically where it is a regular file).
     private func writeOutputs(_ report: BenchReport) throws {
-        if let json { try writeAtomically(try report.json(), to: json) }
-        if let csv { try writeAtomically(Data(report.csv().utf8), to: csv) }
+        if let json { try writeFileAtomically(Array(try report.json()), to: json) }
+        if let csv { try writeFileAtomically(Array(report.csv().utf8), to: csv) }
         if let plot {
             let (title, subtitle) = report.plotTitles
             let series = report.plotSeries()
             let text = plot.hasSuffix(".html")
                 ? BenchPlot.html(title: title, subtitle: subtitle, series: series)
                 : BenchPlot.svg(title: title, subtitle: subtitle, series: series)
-            try writeAtomically(Data(text.utf8), to: plot)
+            try writeFileAtomically(Array(text.utf8), to: plot)
         }
     }
 }
@@ -137,33 +136,49 @@ final class ProgressLine {
 
     /// Replaces the line with `text`.
     func show(_ text: String) {
-        if enabled { FileHandle.standardError.write(Data("\r\u{1B}[K  running \(text)...".utf8)) }
+        if enabled { writeError("\r\u{1B}[K  running \(text)...") }
     }
 
     /// Erases the line.
     func clear() {
-        if enabled { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        if enabled { writeError("\r\u{1B}[K") }
     }
 }
 
-/// Throws unless `path`'s folder exists and is writable (and `path` is not a folder).
-func checkWritable(_ path: String) throws {
-    let folder = (path as NSString).deletingLastPathComponent
-    var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: folder.isEmpty ? "." : folder, isDirectory: &isDirectory), isDirectory.boolValue,
-        access(folder.isEmpty ? "." : folder, W_OK) == 0
-    else { throw FVDError.file(path: path, problem: "its folder does not exist or is not writable") }
-    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
-        throw FVDError.file(path: path, problem: "is a directory")
-    }
-}
-
-/// Writes `data` to `path` through a temporary file in the same folder and a rename.
-func writeAtomically(_ data: Data, to path: String) throws {
-    do {
-        try data.write(to: URL(fileURLWithPath: path), options: .atomic)
-    } catch {
-        throw FVDError.file(path: path, problem: "cannot write: \(error.localizedDescription)")
+/// Checks the output files before a long run: each name is non-empty, is not a folder,
+/// can be written (a device such as `/dev/null` or a FIFO must be writable; for a regular
+/// file, its folder), and no two options name the same regular file.
+///
+/// - Parameter outputs: (option, path) pairs, e.g. `("--json", "a.json")`.
+func checkOutputPaths(_ outputs: [(option: String, path: String)]) throws {
+    var seen: [String: String] = [:]  // resolved path → option
+    for (option, path) in outputs {
+        guard !path.isEmpty else { throw FVDError.invalidArgument("\(option): the file name is empty") }
+        var info = stat()
+        let exists = stat(path, &info) == 0
+        let kind = info.st_mode & S_IFMT
+        if exists, kind == S_IFDIR { throw FVDError.file(path: path, problem: "\(option) names a directory, not a file") }
+        if exists, kind != S_IFREG {
+            guard access(path, W_OK) == 0 else {
+                throw FVDError.file(path: path, problem: "\(option): cannot write to it: \(String(cString: strerror(errno)))")
+            }
+            continue  // written straight through; /dev/null may take several outputs
+        }
+        let resolved = exists ? (realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? path) : path
+        let folder = (resolved as NSString).deletingLastPathComponent.isEmpty ? "." : (resolved as NSString).deletingLastPathComponent
+        var folderInfo = stat()
+        guard stat(folder, &folderInfo) == 0, folderInfo.st_mode & S_IFMT == S_IFDIR else {
+            throw FVDError.file(path: path, problem: "\(option): its folder \(folder) does not exist")
+        }
+        guard access(folder, W_OK) == 0 else {
+            throw FVDError.file(path: path, problem: "\(option): its folder \(folder) is not writable")
+        }
+        let canonicalFolder = realpath(folder, nil).map { p in defer { free(p) }; return String(cString: p) } ?? folder
+        let key = canonicalFolder + "/" + (resolved as NSString).lastPathComponent
+        if let earlier = seen[key] {
+            throw FVDError.invalidArgument("\(earlier) and \(option) name the same file \(path); give each its own")
+        }
+        seen[key] = option
     }
 }
 
@@ -184,7 +199,3 @@ func parseByteSize(_ text: String) throws -> Int {
     return bytes
 }
 
-/// Prints a library error as one line on stderr.
-func printError(_ error: any Error) {
-    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-}

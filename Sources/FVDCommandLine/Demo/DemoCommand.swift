@@ -93,7 +93,7 @@ struct DemoCommand: ParsableCommand {
             if !report.passed { throw ExitCode.failure }
             return
         }
-        print(render(report, transport: placement.name))
+        printOutput(render(report, transport: placement.name))
         if !report.passed { throw ExitCode.failure }
     }
 }

@@ -86,7 +86,7 @@ struct LaunchCommand: ParsableCommand {
             throw ExitCode.failure
         }
         if let message = outcome.message {
-            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+            writeError("error: \(message)\n")
             throw ExitCode(outcome.exitStatus)
         }
     }

@@ -67,10 +67,10 @@ struct SelfTestCommand: ParsableCommand {
             }[min(max(rank, 0), size - 1)]
             let world = try World.fromEnvironment(timeout: timeout, faults: faults)
             let baseline = checkLeaks ? ResourceCount.now() : nil
-            defer { if let baseline { print(baseline.leaks()) } }
+            defer { if let baseline { printOutput(baseline.leaks()) } }
             let got = try world.run { group in try runCollectives(group, worldSize: world.size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv) }
             try compare(got, expected, rank: world.rank)
-            print("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")
+            printOutput("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")
         } catch let exit as ExitCode {
             throw exit
         } catch {
@@ -88,16 +88,16 @@ struct SelfTestCommand: ParsableCommand {
         let world = try World.inProcess(size: size, timeout: timeout, faults: faults)
         let baseline = checkLeaks ? ResourceCount.now() : nil
         let outcomes = world.runEach { group in try runCollectives(group, worldSize: size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv) }
-        if let baseline { print(baseline.leaks()) }
+        if let baseline { printOutput(baseline.leaks()) }
         var failed = false
         for (rank, outcome) in outcomes.enumerated() {
             do {
                 let got = try outcome.get()
                 try compare(got, expected[rank], rank: rank)
-                print("[r\(rank)] selftest rank \(rank) of \(size) (in-process): \(got.count) results equal the reference")
+                printOutput("[r\(rank)] selftest rank \(rank) of \(size) (in-process): \(got.count) results equal the reference")
             } catch {
                 failed = true
-                FileHandle.standardError.write(Data("[r\(rank)] error: \(error)\n".utf8))
+                writeError("[r\(rank)] error: \(error)\n")
             }
         }
         if failed { throw ExitCode.failure }

@@ -191,7 +191,7 @@ public final class FlightRecorder: @unchecked Sendable {
             try? write(toDirectory: directory)
         }
         guard printsOnBreak, (error as? FVDError)?.breaksGroup == true else { return }
-        if !printed.exchange(true, ordering: .relaxed) { FileHandle.standardError.write(Data(summary(last: 8).utf8)) }
+        if !printed.exchange(true, ordering: .relaxed) { StandardStreams.writeError(summary(last: 8)) }
     }
 
     /// The records as JSON: `{"rank": R, "capacity": N, "records": [...]}`, oldest first.

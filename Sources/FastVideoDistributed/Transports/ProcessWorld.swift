@@ -172,7 +172,7 @@ extension World {
             let world = ProcessWorld(
                 rank: mpi.rank, size: mpi.size, group: group, transport: "MPI",
                 failureHook: { error in
-                    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+                    StandardStreams.writeError("error: \(error)\n")
                     mpi.finish(failed: true)
                 },
                 exitHook: { mpi.finish(failed: false) })
