@@ -112,8 +112,11 @@ struct LaunchPartsTests {
         #expect(p.finish().isEmpty)
         var long = LinePrefixer(prefix: "> ")
         long.maxLineLength = 4
-        #expect(long.consume("abcdefghij") == "> abcd\n> efgh\n")
-        #expect(String(decoding: long.finish(), as: UTF8.self) == "> ij\n")
+        // An over-long line goes out unsplit: no newline added, no prefix in the middle.
+        #expect(long.consume("abcdefghij") == "> abcdefghij")
+        #expect(long.consume("kl\nmn\n") == "kl\n> mn\n")
+        #expect(long.consume("abcdefgh") == "> abcdefgh")
+        #expect(String(decoding: long.finish(), as: UTF8.self) == "\n")
     }
 
     @Test("shutdown: grace, then SIGTERM, then SIGKILL; a second signal skips the grace")

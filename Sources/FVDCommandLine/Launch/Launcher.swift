@@ -1,3 +1,4 @@
+import FastVideoDistributed
 import Foundation
 
 #if canImport(Glibc)
@@ -118,6 +119,9 @@ enum LaunchOutcome: Equatable, Sendable {
     case succeeded
     /// `rank` was the first to exit non-zero or by a signal.
     case rankFailed(rank: Int, exit: ChildExit)
+    /// `rank` exited with status 0 while others still ran, and they then stopped because it
+    /// was gone (`nextRank` is the first of them; it exited with ``consequenceExitStatus``).
+    case rankLeftEarly(rank: Int, nextRank: Int, nextExit: ChildExit)
     /// The launcher was sent `signal` (SIGINT, SIGTERM or SIGHUP) and forwarded it; every rank still exited 0.
     case interrupted(signal: Int32)
 
@@ -129,6 +133,8 @@ enum LaunchOutcome: Equatable, Sendable {
         switch self {
         case .succeeded: nil
         case .rankFailed(let rank, let exit): "rank \(rank) \(exit)"
+        case .rankLeftEarly(let rank, let nextRank, let nextExit):
+            "rank \(rank) exited with status 0 while the other ranks still needed it (rank \(nextRank) then \(nextExit))"
         case .interrupted(let signal): "stopped by \(signalName(signal) ?? "signal \(signal)") (every rank exited with status 0)"
         }
     }
@@ -235,21 +241,26 @@ func removeJobSegments(jobID: String, directory: String = sharedMemoryDirectory)
 ///
 /// Only whole lines are emitted, so lines of different ranks never mix; ``finish()`` emits
 /// a last line that has no newline (with one added). A line longer than ``maxLineLength``
-/// is emitted in pieces of that length so that a program without newlines cannot make the
-/// launcher hold unbounded memory.
+/// is not held back whole, so that a program without newlines cannot make the launcher
+/// hold unbounded memory: its first ``maxLineLength`` bytes go out (prefixed, no newline
+/// added) and the rest follows as it arrives, unsplit and unprefixed, up to its newline.
+/// Only such a line can have another rank's output inside it.
 struct LinePrefixer {
     /// What goes before every line, e.g. `[r3] `.
     let prefix: [UInt8]
     /// The longest line held back while waiting for its newline.
     var maxLineLength = 1 << 16
     private var pending: [UInt8] = []
+    /// Part of the current line has been emitted already (it was too long to hold).
+    private var midLine = false
 
     init(prefix: String) { self.prefix = Array(prefix.utf8) }
 
     /// The prefix `fvd launch` gives rank `rank`'s lines.
     init(rank: Int) { self.init(prefix: "[r\(rank)] ") }
 
-    /// Takes the next bytes of the stream and returns the complete prefixed lines they end.
+    /// Takes the next bytes of the stream and returns the prefixed lines (and parts of
+    /// over-long lines) that can go out.
     mutating func consume(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
         guard let base = bytes.baseAddress, !bytes.isEmpty else { return [] }
         var output: [UInt8] = []
@@ -257,18 +268,19 @@ struct LinePrefixer {
         while start < bytes.count, let hit = memchr(base + start, 0x0A, bytes.count - start) {
             let end = base.distance(to: UnsafeRawPointer(hit)) + 1
             if output.isEmpty { output.reserveCapacity(bytes.count + pending.count + 32 * prefix.count) }
-            output += prefix
+            if !midLine { output += prefix }
             output += pending
             output += UnsafeRawBufferPointer(start: base + start, count: end - start)
             pending.removeAll(keepingCapacity: true)
+            midLine = false
             start = end
         }
         pending += UnsafeRawBufferPointer(start: base + start, count: bytes.count - start)
-        while pending.count >= maxLineLength {
-            output += prefix
-            output += pending[..<maxLineLength]
-            output.append(0x0A)
-            pending.removeFirst(maxLineLength)
+        if pending.count >= maxLineLength {
+            if !midLine { output += prefix }
+            output += pending
+            pending.removeAll(keepingCapacity: true)
+            midLine = true
         }
         return output
     }
@@ -280,11 +292,11 @@ struct LinePrefixer {
         return String(decoding: output, as: UTF8.self)
     }
 
-    /// At end of file: the last line if it had no newline, prefixed and with a newline.
+    /// At end of file: the end of a last line that had no newline, with one added.
     mutating func finish() -> [UInt8] {
-        guard !pending.isEmpty else { return [] }
-        defer { pending.removeAll() }
-        return prefix + pending + [UInt8(ascii: "\n")]
+        guard !pending.isEmpty || midLine else { return [] }
+        defer { pending.removeAll(); midLine = false }
+        return (midLine ? [] : prefix) + pending + [UInt8(ascii: "\n")]
     }
 }
 
@@ -408,6 +420,9 @@ private final class Launcher {
     private var savedHandlers: [SavedSignalHandler] = []
     private var savedSignalMask: sigset_t
     private var brokenDestinations: Set<Int32> = []
+    /// The launcher has sent the ranks a signal (its own or a forwarded one): exits from
+    /// then on are its doing, not the ranks' own failures.
+    private var signalledRanks = false
     private let clockStart = ContinuousClock.now
 
     init(configuration: LaunchConfiguration, jobID: String, standardOutput: Int32, standardError: Int32) throws(SystemCallError) {
@@ -477,16 +492,24 @@ private final class Launcher {
         var interruptedBy: Int32?
         var allExitedAt: Double?
         var lastReap = -Double.infinity
+        /// The first rank that exited 0: when the only failures are ranks that stopped because
+        /// another was gone (a rank that leaves `run` early while its peers wait for it in a
+        /// collective), it is the one to name.
+        var leftEarly: Int?
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
 
         while true {
             var time = now()
-            if liveCount > 0, let signal = schedule.signalDue(at: time) { signalGroups(signal) }
+            if liveCount > 0, let signal = schedule.signalDue(at: time) {
+                signalGroups(signal)
+                signalledRanks = true
+            }
             if liveCount == 0 {
                 if allExitedAt == nil {
                     allExitedAt = time
-                    // Processes the ranks started would hold the pipes open: end them too.
-                    if schedule.hasBegun { signalGroups(SIGKILL) }
+                    // The job is over: whatever the ranks left running in their process groups
+                    // (background jobs, which would also hold the pipes open) ends with it.
+                    signalGroups(SIGKILL)
                 }
                 if streams.isEmpty || time - allExitedAt! >= drainSeconds { break }
             }
@@ -506,6 +529,7 @@ private final class Launcher {
                         reapNow = true
                     } else {
                         signalGroups(signal)
+                        signalledRanks = true
                         if interruptedBy == nil {
                             interruptedBy = signal
                             schedule.begin(at: time)
@@ -523,17 +547,32 @@ private final class Launcher {
 
             if reapNow {
                 lastReap = time
-                for (rank, exit) in reap() where !exit.succeeded {
+                for (rank, exit) in reap() {
+                    if liveCount > 0 {
+                        // Ranks still joining the world learn at once that this one is gone.
+                        SharedSegment.markEndedBeforeJoining(
+                            name: sharedMemoryName(jobID: jobID), rank: rank, pid: children[rank].pid)
+                    }
+                    if exit.succeeded {
+                        if leftEarly == nil { leftEarly = rank }
+                        continue
+                    }
                     // Name the first rank that failed for its own reason: a rank that exits with
-                    // `consequenceExitStatus` only stopped because another one failed.
-                    if firstFailure == nil || (firstFailure!.exit.isConsequence && !exit.isConsequence) {
+                    // `consequenceExitStatus` only stopped because another one failed, and one
+                    // that ends after the launcher signalled the ranks was ended by the launcher.
+                    if firstFailure == nil || (firstFailure!.exit.isConsequence && !exit.isConsequence && !signalledRanks) {
                         firstFailure = (rank, exit)
                     }
                     schedule.begin(at: time)
                 }
             }
         }
-        if let firstFailure { return .rankFailed(rank: firstFailure.rank, exit: firstFailure.exit) }
+        if let firstFailure {
+            if firstFailure.exit.isConsequence, let leftEarly {
+                return .rankLeftEarly(rank: leftEarly, nextRank: firstFailure.rank, nextExit: firstFailure.exit)
+            }
+            return .rankFailed(rank: firstFailure.rank, exit: firstFailure.exit)
+        }
         if let interruptedBy { return .interrupted(signal: interruptedBy) }
         return .succeeded
     }
@@ -569,11 +608,7 @@ private final class Launcher {
     /// for it is dropped, but the ranks' pipes are still drained so no rank blocks.
     private func write(_ bytes: [UInt8], to fd: Int32) {
         guard !bytes.isEmpty, !brokenDestinations.contains(fd) else { return }
-        let failed = bytes.withUnsafeBytes { raw in
-            do { try system_writeAll(fd, raw) } catch { return true }
-            return false
-        }
-        if failed { brokenDestinations.insert(fd) }
+        if bytes.withUnsafeBytes({ StandardStreams.write($0, to: fd) }) != nil { brokenDestinations.insert(fd) }
     }
 
     /// Collects every rank that has exited; returns them in rank order.

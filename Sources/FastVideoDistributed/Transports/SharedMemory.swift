@@ -17,7 +17,7 @@ import Synchronization
 /// - one tensor heap per rank (``SharedHeap``).
 ///
 /// Invariant: the mapping is never unmapped while the process lives.
-final class SharedSegment: @unchecked Sendable {
+package final class SharedSegment: @unchecked Sendable {
     static let magic: UInt64 = 0x4656_4453_484D_0002  // "FVDSHM", version 2
     static let headerBytes = 4096
     static let controlBytes = 1024
@@ -142,8 +142,17 @@ final class SharedSegment: @unchecked Sendable {
     ///   ``FVDError/invalidArgument(_:)`` naming the ranks that never started after `seconds`.
     func waitForEveryRank(seconds: Double) throws {
         let (deadline, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(timeoutNanoseconds(seconds))
+        var round = 0
         while fvd_atomic_load_u64(word(16)) < UInt64(worldSize) {
             if let failure = failure() { throw FVDError.peerFailed(rank: failure.rank, message: failure.message) }
+            // A rank that ended before joining (the launcher marks it) or died after
+            // attaching will never complete the count. /proc is read every 20 ms.
+            round += 1
+            if let gone = (0..<worldSize).first(where: { r in
+                r != rank && (state(of: r) == .exited || (round % 20 == 0 && state(of: r) == .running && isDead(r)))
+            }) {
+                throw FVDError.peerExited(rank: gone, op: "the join", group: "world")
+            }
             guard overflow || DispatchTime.now().uptimeNanoseconds < deadline else {
                 let missing = (0..<worldSize).filter { pid(of: $0) == 0 }
                 throw FVDError.invalidArgument(
@@ -151,6 +160,30 @@ final class SharedSegment: @unchecked Sendable {
                         + "start every rank with the same WORLD_SIZE and FVD_SHM_NAME (fvd launch does)")
             }
             usleep(1000)
+        }
+    }
+
+    /// Tells the ranks of the world in shared-memory object `name` that `rank` (process
+    /// `pid`) has ended without joining, so that their ``waitForEveryRank(seconds:)`` throws
+    /// ``FVDError/peerExited(rank:op:group:)`` at once instead of at the join timeout.
+    ///
+    /// For a launcher that sees a rank end: it creates the object if no rank has yet (it is
+    /// sparse and zero-filled, which the ranks accept as new) and, if `rank` never attached,
+    /// marks its control line exited. Nothing happens when `rank` attached: then the rank
+    /// marked its own exit, or its peers see its process gone. Best effort: errors are ignored.
+    package static func markEndedBeforeJoining(name: String, rank: Int, pid: Int32) {
+        let fd = fvd_shm_create_or_open(name)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let length = headerBytes + (rank + 1) * controlBytes
+        // posix_fallocate grows the object and never shrinks it (a rank may size it meanwhile).
+        guard fvd_fallocate(fd, 0, Int64(length)) == 0,
+            let address = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), address != MAP_FAILED
+        else { return }
+        defer { munmap(address, length) }
+        let line = address + headerBytes + rank * controlBytes
+        if fvd_atomic_cas_u64(line.assumingMemoryBound(to: UInt64.self), 0, UInt64(UInt32(bitPattern: pid))) != 0 {
+            fvd_atomic_store_u32((line + 8).assumingMemoryBound(to: UInt32.self), RankState.exited.rawValue)
         }
     }
 
