@@ -196,3 +196,16 @@ struct LauncherHardeningTests {
         #expect(result.seconds < 10)
     }
 }
+
+@Suite("Hardening: timeouts")
+struct TimeoutHardeningTests {
+    @Test("an in-process rank delayed far past the timeout ends the job at the timeout", arguments: [
+        ["demo", "--timeout", "2"], ["selftest", "--in-process", "4", "--timeout", "2"],
+    ])
+    func delayedRank(_ arguments: [String]) throws {
+        let result = try runFVD(arguments, timeout: 30, environment: ["FVD_FAULTS": "delay=100:rank=2:call=3"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("timed out after 2 s waiting for rank 2"), "\(result.stderr)")
+        #expect(result.seconds < 10, "\(result.seconds) s")
+    }
+}

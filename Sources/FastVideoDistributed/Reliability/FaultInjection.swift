@@ -215,7 +215,15 @@ final class FaultInjectingChannel: PeerMemoryChannel {
         for fault in faults where fault.call == (fault.group == nil ? sequence : call) {
             switch fault.action {
             case .delay(let seconds):
-                Thread.sleep(forTimeInterval: seconds)
+                // In slices: when the peers give up on this rank meanwhile (their timeout breaks
+                // the group), it stops sleeping and sees their error, as a real slow rank would
+                // at its next wait; the process or thread does not outlive the failed job.
+                let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(timeoutNanoseconds(seconds))
+                let end = overflow ? UInt64.max : sum
+                while case let now = DispatchTime.now().uptimeNanoseconds, now < end {
+                    try inner.checkHealthy()
+                    usleep(UInt32(min(end - now, 10_000_000) / 1000))
+                }
             case .drop:
                 dropped = true
             case .corruptHeader:
