@@ -209,3 +209,81 @@ struct TimeoutHardeningTests {
         #expect(result.seconds < 10, "\(result.seconds) s")
     }
 }
+
+@Suite("Hardening: ranks started without fvd launch (torchrun-style variables)")
+struct UnlaunchedRankTests {
+    /// A port no other test uses; the shared-memory object is `/dev/shm/fvd-port-<port>`.
+    private let port = String(Int.random(in: 40_000...60_000))
+    private var objectPath: String { "/dev/shm/fvd-port-\(port)" }
+
+    /// `fvd selftest` as `rank` of `size`, started and not waited for.
+    private func startRank(_ rank: Int, of size: Int, joinTimeout: String = "20") throws -> Process {
+        let process = Process()
+        process.executableURL = try fvdExecutable()
+        process.arguments = ["selftest"]
+        process.environment = ProcessInfo.processInfo.environment.merging(
+            ["RANK": "\(rank)", "WORLD_SIZE": "\(size)", "MASTER_PORT": port, "FVD_JOIN_TIMEOUT": joinTimeout]) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    private func runRank(_ rank: Int, of size: Int, joinTimeout: String = "20", extra: [String: String] = [:]) throws -> ProcessResult {
+        try runFVD(["selftest"], timeout: 60, environment: [
+            "RANK": "\(rank)", "WORLD_SIZE": "\(size)", "MASTER_PORT": port, "FVD_JOIN_TIMEOUT": joinTimeout,
+        ].merging(extra) { $1 })
+    }
+
+    private func waitForObject() {
+        let deadline = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: objectPath), Date() < deadline { usleep(5_000) }
+    }
+
+    @Test("a rank that fails at the join removes the object, so the next job on the port starts clean")
+    func joinFailureLeavesNothing() throws {
+        let alone = try runRank(0, of: 2, joinTimeout: "0.5")
+        #expect(alone.status == 1)
+        #expect(alone.stderr.contains("waited 0.5 s for rank(s) 1 to start"), "\(alone.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: objectPath))
+    }
+
+    @Test("the object of a job whose ranks were all killed is reclaimed by the next job")
+    func staleObjectIsReclaimed() throws {
+        let doomed = try startRank(0, of: 2)
+        waitForObject()
+        kill(doomed.processIdentifier, SIGKILL)
+        doomed.waitUntilExit()
+        #expect(FileManager.default.fileExists(atPath: objectPath), "the killed rank left its object")
+        let other = try startRank(1, of: 2)
+        let rank0 = try runRank(0, of: 2)
+        other.waitUntilExit()
+        #expect(rank0.status == 0, "\(rank0.stderr)")
+        #expect(other.terminationStatus == 0)
+        #expect(!FileManager.default.fileExists(atPath: objectPath))
+    }
+
+    @Test("ranks that disagree on WORLD_SIZE, or a second job on a busy port, get an error that says so")
+    func disagreeingRanks() throws {
+        let first = try startRank(0, of: 2, joinTimeout: "3")
+        waitForObject()
+        let bigger = try runRank(1, of: 3)
+        #expect(bigger.status == 1)
+        #expect(bigger.errorLines.last?.hasPrefix("error: WORLD_SIZE differs between ranks: 3 here, 2 in shared-memory object \(objectPath)") == true,
+                "\(bigger.stderr)")
+        let sameRank = try runRank(0, of: 2)
+        #expect(sameRank.status == 1)
+        #expect(sameRank.stderr.contains("is in use: its rank 0 is pid \(first.processIdentifier), still running"), "\(sameRank.stderr)")
+        first.waitUntilExit()
+        #expect(first.terminationStatus == 1)
+        #expect(!FileManager.default.fileExists(atPath: objectPath))
+    }
+
+    @Test("WORLD_SIZE without RANK is an error, not rank 0")
+    func missingRank() throws {
+        let result = try runFVD(["selftest"], timeout: 30, environment: ["WORLD_SIZE": "2", "MASTER_PORT": port])
+        #expect(result.status == 1)
+        #expect(result.errorLines.last == "error: WORLD_SIZE=2 is set but RANK is not: set RANK (0...1) for every rank, or start them with fvd launch")
+        #expect(!FileManager.default.fileExists(atPath: objectPath))
+    }
+}

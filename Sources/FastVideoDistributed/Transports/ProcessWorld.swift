@@ -1,3 +1,4 @@
+import CFVDShims
 import Foundation
 
 /// This process's rank of a world of processes, as started by `fvd launch` (or any
@@ -73,6 +74,9 @@ extension World {
             return v
         }
         let size = try integer("WORLD_SIZE", default: 1)
+        if size > 1, env["RANK"] == nil {
+            throw FVDError.invalidArgument("WORLD_SIZE=\(size) is set but RANK is not: set RANK (0...\(size - 1)) for every rank, or start them with fvd launch")
+        }
         let rank = try integer("RANK", default: 0)
         guard size >= 1, size <= maximumInProcessRanks, (0..<size).contains(rank) else {
             throw FVDError.invalidArgument("RANK=\(rank) and WORLD_SIZE=\(size) do not describe a rank of a world of 1...1024 ranks")
@@ -113,6 +117,8 @@ extension World {
                     group = try GroupCoordinator(name: "world", ranks: Array(0..<size), rank: rank, factory: factory)
                 } catch let error as FVDError {
                     shared.abort(.peerFailed(rank: rank, message: error.description), tellPeers: true)
+                    // The job failed before it began: nothing of it may block the next job on this name.
+                    _ = fvd_shm_unlink(name)
                     throw error
                 }
                 SharedHeap.activate(

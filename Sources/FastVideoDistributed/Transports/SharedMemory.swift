@@ -8,7 +8,7 @@ import Synchronization
 /// Layout (offsets from the start; the file is sparse and starts zero-filled, which
 /// is a valid initial state, so no rank has to initialise it before the others):
 /// - header page: magic, world size, attach count, the failed rank (+1), the bump
-///   pointer of the channel area;
+///   pointer of the channel area, the pid of a process removing the object as stale;
 /// - one 1 KiB control line per rank: pid, state (running, exited, failed) and the
 ///   failure message;
 /// - the group registry: 1024 slots of (state, channel offset, key);
@@ -55,8 +55,7 @@ package final class SharedSegment: @unchecked Sendable {
         let total = heapOffset + worldSize * heapBytes
         byteCount = total
 
-        let fd = fvd_shm_create_or_open(name)
-        guard fd >= 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "shm_open: \(errnoText(-fd))") }
+        let fd = try Self.openReclaimingStale(name: name, worldSize: worldSize)
         self.fd = fd
         var mapped: UnsafeMutableRawPointer?
         var attached = false
@@ -69,8 +68,13 @@ package final class SharedSegment: @unchecked Sendable {
         _ = fchmod(fd, 0o600)
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "fstat: \(errnoText(errno))") }
-        if Int(info.st_size) != byteCount {
-            guard info.st_size == 0 || Int(info.st_size) < byteCount, ftruncate(fd, off_t(byteCount)) == 0 else {
+        if Int(info.st_size) > byteCount {
+            throw FVDError.invalidArgument(
+                "WORLD_SIZE differs between ranks: \(worldSize) here, but shared-memory object /dev/shm\(name) is sized "
+                    + "for a larger world; start every rank with the same WORLD_SIZE")
+        }
+        if Int(info.st_size) < byteCount {
+            guard ftruncate(fd, off_t(byteCount)) == 0 else {
                 throw FVDError.file(
                     path: "/dev/shm\(name)",
                     problem: "cannot size the segment to \(byteCount) bytes (it has \(info.st_size)): \(errnoText(errno))")
@@ -100,13 +104,105 @@ package final class SharedSegment: @unchecked Sendable {
                     + "remove /dev/shm\(name) or use a new job id")
         }
         guard fvd_atomic_cas_u64(controlWord(rank, 0), 0, UInt64(getpid())) != 0 else {
+            let owner = pid(of: rank)
+            if !Self.processIsGone(owner) {
+                throw FVDError.invalidArgument(
+                    "shared-memory world \(name) is in use: its rank \(rank) is pid \(owner), still running (another job on "
+                        + "the same MASTER_PORT, or two ranks with RANK=\(rank)); give each job its own MASTER_PORT or FVD_SHM_NAME")
+            }
             throw FVDError.invalidArgument(
-                "rank \(rank) of shared-memory segment \(name) is already taken by pid \(fvd_atomic_load_u64(controlWord(rank, 0))); "
-                    + "two processes with the same RANK, or a segment left by an earlier job (remove /dev/shm\(name))")
+                "rank \(rank) of shared-memory world \(name) was taken by pid \(owner), which has ended while others of its job "
+                    + "still run; remove /dev/shm\(name) once they are gone, or use another MASTER_PORT")
         }
         setState(.running, of: rank)
         if fvd_atomic_add_u64(word(16), 1) == UInt64(worldSize) { _ = fvd_shm_unlink(name) }
         attached = true
+    }
+
+    /// Opens (or creates) the object `name` for a world of `worldSize`, first removing an
+    /// object left by an earlier job whose every process is gone (killed before the last
+    /// rank attached, or failed cleanly): such an object would hand this job the dead job's
+    /// ranks and errors.
+    ///
+    /// When several ranks find the same stale object, the one that claims it (a CAS on a
+    /// header word) unlinks it; the others reopen the name until it is a new object.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` when a live job's object has another
+    ///   world size (ranks that disagree on `WORLD_SIZE`, or two jobs on one port).
+    private static func openReclaimingStale(name: String, worldSize: Int) throws -> Int32 {
+        let deadline = DispatchTime.now().uptimeNanoseconds + 10_000_000_000
+        while true {
+            let fd = fvd_shm_create_or_open(name)
+            guard fd >= 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "shm_open: \(errnoText(-fd))") }
+            let inspection: Inspection
+            do { inspection = try inspect(fd: fd, name: name, worldSize: worldSize) } catch {
+                close(fd)
+                throw error
+            }
+            switch inspection {
+            case .usable:
+                return fd
+            case .stale(claimed: true):
+                _ = fvd_shm_unlink(name)
+            case .stale(claimed: false):
+                guard DispatchTime.now().uptimeNanoseconds < deadline else {
+                    close(fd)
+                    throw FVDError.invalidArgument(
+                        "shared-memory object /dev/shm\(name) was left by a job that is gone, and another process "
+                            + "claimed it for removal but did not remove it within 10 s; remove it by hand")
+                }
+                usleep(1000)
+            }
+            close(fd)
+        }
+    }
+
+    private enum Inspection { case usable, stale(claimed: Bool) }
+
+    /// Reads the header and control lines of an existing object: usable (new, or a live
+    /// world of this size), or stale (claimed for removal by this process or another).
+    private static func inspect(fd: Int32, name: String, worldSize: Int) throws -> Inspection {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw FVDError.file(path: "/dev/shm\(name)", problem: "fstat: \(errnoText(errno))") }
+        guard Int(info.st_size) >= headerBytes else { return .usable }
+        guard let header = mmap(nil, headerBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), header != MAP_FAILED else {
+            throw FVDError.file(path: "/dev/shm\(name)", problem: "mmap: \(errnoText(errno))")
+        }
+        defer { munmap(header, headerBytes) }
+        func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> { (header + offset).assumingMemoryBound(to: UInt64.self) }
+        guard fvd_atomic_load_u64(word(0)) == magic, case let size = Int(fvd_atomic_load_u64(word(8))), size > 0 else {
+            return .usable  // new, or being set up right now by its first rank
+        }
+        // The pids of the ranks that attached, read through a mapping of their control lines.
+        let linesBytes = min(size, 1 << 16) * controlBytes
+        guard Int(info.st_size) >= headerBytes + linesBytes,
+            let lines = mmap(nil, headerBytes + linesBytes, PROT_READ, MAP_SHARED, fd, 0), lines != MAP_FAILED
+        else { return .usable }
+        defer { munmap(lines, headerBytes + linesBytes) }
+        let pids = (0..<min(size, 1 << 16)).map { r in
+            Int32(truncatingIfNeeded: fvd_atomic_load_u64((lines + headerBytes + r * controlBytes).assumingMemoryBound(to: UInt64.self)))
+        }.filter { $0 > 0 }
+        let stale = !pids.isEmpty && pids.allSatisfy(processIsGone)
+        if stale {
+            let claimed = fvd_atomic_cas_u64(word(40), 0, UInt64(getpid())) != 0
+            return .stale(claimed: claimed)
+        }
+        guard size == worldSize else {
+            throw FVDError.invalidArgument(
+                "WORLD_SIZE differs between ranks: \(worldSize) here, \(size) in shared-memory object /dev/shm\(name) "
+                    + "(made by pid \(pids.first ?? 0)); start every rank with the same WORLD_SIZE, and give each job its own "
+                    + "MASTER_PORT (or FVD_SHM_NAME)")
+        }
+        return .usable
+    }
+
+    /// Whether process `pid` has ended: gone, or a zombie (exited, not yet reaped, which
+    /// still answers `kill(pid, 0)`).
+    static func processIsGone(_ pid: Int32) -> Bool {
+        if kill(pid, 0) != 0 { return errno == ESRCH }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
     }
 
     /// Waits (yielding) until `condition` holds, at most 10 s: for a step another rank
@@ -230,13 +326,7 @@ package final class SharedSegment: @unchecked Sendable {
     /// Whether `rank`'s process is gone without having said so (killed, crashed).
     func isDead(_ rank: Int) -> Bool {
         let pid = pid(of: rank)
-        guard pid > 0 else { return false }
-        if kill(pid, 0) != 0 { return errno == ESRCH }
-        // A zombie (exited, not yet reaped by its parent) still answers kill(pid, 0).
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+        return pid > 0 && Self.processIsGone(pid)
     }
 
     /// The channel region of group `key` with `members` members: found in the registry,
