@@ -41,6 +41,9 @@ struct SelfTestCommand: ParsableCommand {
     @Flag(help: "After the world's run, print 'leaks: none' or the threads and file descriptors it left open.")
     var checkLeaks = false
 
+    @Flag(help: "At the end, print 'peak memory: N MiB' (the process's VmHWM).")
+    var printPeakMemory = false
+
     func validate() throws {
         if let mismatch, !["shape", "dtype", "op", "dim", "baddim"].contains(mismatch) {
             throw ValidationError("--mismatch must be shape, dtype, op, dim or baddim, not '\(mismatch)'")
@@ -56,20 +59,26 @@ struct SelfTestCommand: ParsableCommand {
                 try runInProcess(size: size, faults: faults, mismatch: mismatch)
                 return
             }
-            // The reference first, in ordinary memory: once this process joins a multi-process
-            // world, its tensors (in-process ones included) live in the shared segment.
+            // Rank 0 runs the in-process reference of every rank, first and in ordinary memory
+            // (once this process joins a multi-process world, its tensors live in the shared
+            // segment), and hands each rank its expected digests at the end. Only rank 0
+            // runs the W reference threads: when every rank did, a world of W needed W² of them.
             let env = ProcessInfo.processInfo.environment
             // torchrun's variables, or Open MPI's or MPICH's under mpirun.
             let size = Int(env["WORLD_SIZE"] ?? env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"] ?? "1") ?? 1
             let rank = Int(env["RANK"] ?? env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"] ?? "0") ?? 0
-            let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
+            let reference = rank != 0 ? nil : try World.inProcess(size: size, timeout: 60, faults: []).run { group in
                 try runCollectives(group, worldSize: size, mismatch: nil, extrasOnly: extrasOnly)
-            }[min(max(rank, 0), size - 1)]
+            }
             let world = try World.fromEnvironment(timeout: timeout, faults: faults)
             let baseline = checkLeaks ? ResourceCount.now() : nil
             defer { if let baseline { printOutput(baseline.leaks()) } }
-            let got = try world.run { group in try runCollectives(group, worldSize: world.size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv) }
+            let (got, expected) = try world.run { group in
+                let got = try runCollectives(group, worldSize: world.size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv)
+                return (got, try group.broadcastObject(reference, from: 0)[group.rankInGroup])
+            }
             try compare(got, expected, rank: world.rank)
+            if printPeakMemory { printOutput("peak memory: \(peakResidentMebibytes()) MiB") }
             printOutput("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")
         } catch let exit as ExitCode {
             throw exit
@@ -104,13 +113,53 @@ struct SelfTestCommand: ParsableCommand {
     }
 }
 
-/// Throws unless `got` equals `expected` bitwise.
-private func compare(_ got: [Tensor], _ expected: [Tensor], rank: Int) throws {
+/// What the selftest keeps of a result: its shape, dtype and two 64-bit hashes of its
+/// bytes, so that a rank holds a few bytes per result instead of the tensors (of every
+/// rank, for the reference world), which made its memory grow with the cube of the world size.
+struct ResultDigest: Equatable, Codable, Sendable {
+    var shape: [Int]
+    var dtype: DType
+    var hashes: [UInt64]
+
+    init(_ tensor: Tensor) {
+        shape = tensor.shape
+        dtype = tensor.dtype
+        hashes = tensor.withUnsafeBytes { bytes in
+            // Two different multiply-xorshift mixes over 8-byte words (and a zero-padded tail):
+            // independent enough that equal digests mean equal bytes.
+            var a: UInt64 = 0xcbf2_9ce4_8422_2325, b: UInt64 = 0x9E37_79B9_7F4A_7C15
+            func mix(_ word: UInt64) {
+                a = (a ^ word) &* 0x100_0000_01b3
+                a ^= a >> 31
+                b = (b &+ word) &* 0xBF58_476D_1CE4_E5B9
+                b ^= b >> 29
+            }
+            let words = bytes.count / 8
+            for i in 0..<words { mix(bytes.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)) }
+            var tail: UInt64 = 0
+            for i in (8 * words)..<bytes.count { tail = tail << 8 | UInt64(bytes[i]) }
+            mix(tail ^ UInt64(bytes.count) << 56)
+            return [a, b]
+        }
+    }
+}
+
+/// Throws unless `got` equals `expected` bitwise (as far as their digests tell).
+private func compare(_ got: [ResultDigest], _ expected: [ResultDigest], rank: Int) throws {
     let mismatches = zip(got, expected).enumerated().filter { $0.element.0 != $0.element.1 }.map(\.offset)
     guard mismatches.isEmpty, got.count == expected.count else {
         throw FVDError.invalidArgument(
             "rank \(rank): results \(mismatches) of \(got.count) differ from the in-process transport")
     }
+}
+
+/// The process's peak resident memory in MiB (`VmHWM` in /proc/self/status), or -1.
+private func peakResidentMebibytes() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+        let kilobytes = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+    else { return -1 }
+    return kilobytes / 1024
 }
 
 /// The threads and open file descriptors of this process, to find what a world left behind.
@@ -164,41 +213,41 @@ private func input(rank: Int, shape: [Int], dtype: DType, salt: Int) throws -> T
 private func runCollectives(
     _ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?, extrasOnly: Bool = false,
     unmatchedRecv: Bool = false
-) throws -> [Tensor] {
-    var results: [Tensor] = []
+) throws -> [ResultDigest] {
+    var results: [ResultDigest] = []
     var salt = 0
     let me = world.rank
     for dtype in [DType.float32, .bfloat16, .float16, .int32, .float64] where !extrasOnly {
-        for shape in [[7], [2, 3 * n, 5], [1, 2 * n, 2 * n, 4], [40_000 * n]] {
+        for shape in [[7], [2, 3 * n, 5], [1, 2 * n, 2 * n, 4], [40_000 * min(n, 8)]] {
             salt += 1
             let odd = salt == 3 && mismatch?.rank == me ? mismatch?.kind : nil
             let x = try input(rank: me, shape: odd == "shape" ? shape + [1] : shape, dtype: odd == "dtype" ? .float64 : dtype, salt: salt)
             if salt == 3, let mismatch, mismatch.kind.hasSuffix("dim") {
-                results.append(try world.allGather(x, dim: me != mismatch.rank ? 0 : mismatch.kind == "dim" ? 1 : 9))
+                results.append(ResultDigest(try world.allGather(x, dim: me != mismatch.rank ? 0 : mismatch.kind == "dim" ? 1 : 9)))
             }
-            if odd == "op" { results.append(try world.allGather(x, dim: 0)) }
-            results.append(try world.allReduce(x))
+            if odd == "op" { results.append(ResultDigest(try world.allGather(x, dim: 0))) }
+            results.append(ResultDigest(try world.allReduce(x)))
             var y = x
             try world.allReduce(inPlace: &y, op: dtype.isFloatingPoint ? .average : .max)
-            results.append(y)
-            results.append(try world.allGather(x, dim: 0))
-            results.append(try world.allGather(x, dim: -1))
+            results.append(ResultDigest(y))
+            results.append(ResultDigest(try world.allGather(x, dim: 0)))
+            results.append(ResultDigest(try world.allGather(x, dim: -1)))
             // In place: this rank's block at its position along dim 0, zeros elsewhere.
             var z = try Tensor(zeros: [x.shape[0] * n] + x.shape.dropFirst(), dtype: dtype)
             z.withUnsafeMutableBytes { out in
                 x.withUnsafeBytes { out.baseAddress!.advanced(by: world.rankInGroup * $0.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             }
             try world.allGather(inPlace: &z, dim: 0)
-            results.append(z)
+            results.append(ResultDigest(z))
             if shape.count >= 2, shape[1] % n == 0 {
-                results.append(try world.reduceScatter(x, dim: 1))
+                results.append(ResultDigest(try world.reduceScatter(x, dim: 1)))
             }
-            if let g = try world.gather(x, to: n - 1, dim: 0) { results.append(g) }
-            results.append(try world.broadcast(x, from: salt % n))
+            if let g = try world.gather(x, to: n - 1, dim: 0) { results.append(ResultDigest(g)) }
+            results.append(ResultDigest(try world.broadcast(x, from: salt % n)))
             if shape.count == 4 {
                 let heads = try world.allToAll4D(x, scatterDim: 2, gatherDim: 1)
-                results.append(heads)
-                results.append(try world.allToAll4D(heads, scatterDim: 1, gatherDim: 2))
+                results.append(ResultDigest(heads))
+                results.append(ResultDigest(try world.allToAll4D(heads, scatterDim: 1, gatherDim: 2)))
             }
             try world.barrier()
         }
@@ -212,8 +261,8 @@ private func runCollectives(
 /// The forms that write the caller's tensor, after FastVideo's collectives (so their call
 /// numbers stay put): reduce-scatter and the all-to-all into an output, broadcast in
 /// place, small and large.
-private func runIntoForms(_ world: GroupCoordinator, worldSize n: Int) throws -> [Tensor] {
-    var results: [Tensor] = []
+private func runIntoForms(_ world: GroupCoordinator, worldSize n: Int) throws -> [ResultDigest] {
+    var results: [ResultDigest] = []
     for (k, dtype) in [DType.float32, .bfloat16].enumerated() {
         for shape in [[1, 2 * n, 2 * n, 4], [2, 40 * n, 8 * n, 16]] {
             let x = try input(rank: world.rank, shape: shape, dtype: dtype, salt: 300 + k)
@@ -225,7 +274,7 @@ private func runIntoForms(_ world: GroupCoordinator, worldSize n: Int) throws ->
             try world.allToAll4D(x, into: &heads)
             var back = try Tensor(zeros: shape, dtype: dtype)
             try world.allToAll4D(heads, into: &back, scatterDim: 1, gatherDim: 2)
-            results += [reduced, broadcast, heads, back]
+            results += [reduced, broadcast, heads, back].map(ResultDigest.init)
         }
     }
     return results
@@ -235,21 +284,21 @@ private func runIntoForms(_ world: GroupCoordinator, worldSize n: Int) throws ->
 /// uneven and grouped-query all-to-all with awkward sizes, then sends and receives around
 /// the ring (even ranks send first, so no cycle waits), every dtype, an empty and a
 /// 2.4 MB tensor, a tensor dict and object broadcasts. Returns this rank's results.
-private func runExtras(_ world: GroupCoordinator, worldSize n: Int) throws -> [Tensor] {
+private func runExtras(_ world: GroupCoordinator, worldSize n: Int) throws -> [ResultDigest] {
     let me = world.rankInGroup
-    var results: [Tensor] = []
+    var results: [ResultDigest] = []
     // 7 heads over n ranks, shards of me + 1 tokens; back with the same split.
     let lengths = (0..<n).map { $0 + 1 }
     let spread = try world.allToAll4D(try randomBytes([2, me + 1, 7, 3], .bfloat16, seed: UInt64(me)), split: .balanced)
-    results.append(spread)
-    results.append(try world.allToAll4D(spread, scatterDim: 1, gatherDim: 2, split: AllToAllSplit(sequence: lengths)))
+    results.append(ResultDigest(spread))
+    results.append(ResultDigest(try world.allToAll4D(spread, scatterDim: 1, gatherDim: 2, split: AllToAllSplit(sequence: lengths))))
     // 2 key/value heads for 6 query heads, replicated where ranks outnumber them.
-    results.append(try world.allToAll4D(try randomBytes([1, me + 1, 2, 4], .float32, seed: UInt64(me)), split: AllToAllSplit(queryHeads: 6)))
+    results.append(ResultDigest(try world.allToAll4D(try randomBytes([1, me + 1, 2, 4], .float32, seed: UInt64(me)), split: AllToAllSplit(queryHeads: 6))))
     // Started collectives, on the coordinator's own thread, around a direct one: 3 chunks of the first all-to-all.
     let chunks = world.startAllToAll4D(try randomBytes([2, me + 1, 7, 3], .bfloat16, seed: UInt64(me)), split: .balanced, chunks: 3)
     let sum = world.startAllReduce(try input(rank: me, shape: [5, n], dtype: .float32, salt: 77))
-    results.append(try world.allGather(try randomBytes([2, 2], .int64, seed: UInt64(me)), dim: 1))
-    results += try chunks.map { try $0.wait() } + [try sum.wait()]
+    results.append(ResultDigest(try world.allGather(try randomBytes([2, 2], .int64, seed: UInt64(me)), dim: 1)))
+    results += try (chunks.map { try $0.wait() } + [try sum.wait()]).map(ResultDigest.init)
     func ring(_ send: () throws -> Void, _ receive: () throws -> Void) throws {
         if me % 2 == 0 {
             try send()
@@ -262,24 +311,24 @@ private func runExtras(_ world: GroupCoordinator, worldSize n: Int) throws -> [T
     for (k, dtype) in DType.allCases.enumerated() {
         let shape = k == 2 ? [0, 4] : k == 5 ? [300_000] : [k + 1, n]
         let x = try randomBytes(shape, dtype, seed: UInt64(1000 * me + k))
-        try ring({ try world.send(x) }, { results.append(try world.recv(shape: shape, dtype: dtype)) })
+        try ring({ try world.send(x) }, { results.append(ResultDigest(try world.recv(shape: shape, dtype: dtype))) })
         // recv(into:) of the same transfer.
         var into = try Tensor(zeros: shape, dtype: dtype)
         try ring({ try world.send(x) }, { try world.recv(into: &into) })
-        results.append(into)
+        results.append(ResultDigest(into))
     }
     let dict = TensorDict(
         ["a": try randomBytes([me + 1, 3], .bfloat16, seed: UInt64(me)), "empty": try randomBytes([0], .int64, seed: 0)],
         metadata: ["rank": me, "step": 7])
     try ring({ try world.sendTensorDict(dict) }, {
         let got = try world.recvTensorDict([String: Int].self)
-        results += got.tensors.keys.sorted().map { got.tensors[$0]! }
-        results.append(try Tensor(shape: [2], scalars: [Int64(got.metadata["rank"]!), Int64(got.metadata["step"]!)]))
+        results += got.tensors.keys.sorted().map { ResultDigest(got.tensors[$0]!) }
+        results.append(ResultDigest(try Tensor(shape: [2], scalars: [Int64(got.metadata["rank"]!), Int64(got.metadata["step"]!)])))
     })
     let object = try world.broadcastObject(me == n - 1 ? ["ranks": Array(0..<n), "steps": [50, 25]] : nil, from: n - 1)
-    results.append(try Tensor(shape: [object["ranks"]!.count + 2], scalars: (object["ranks"]! + object["steps"]!).map(Int64.init)))
+    results.append(ResultDigest(try Tensor(shape: [object["ranks"]!.count + 2], scalars: (object["ranks"]! + object["steps"]!).map(Int64.init))))
     let broadcastDict = try world.broadcastTensorDict(me == 0 ? TensorDict(["x": try randomBytes([5, n], .float16, seed: 42)]) : nil)
-    results.append(broadcastDict.tensors["x"]!)
+    results.append(ResultDigest(broadcastDict.tensors["x"]!))
     return results
 }
 
