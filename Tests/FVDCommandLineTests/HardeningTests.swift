@@ -290,6 +290,20 @@ struct UnlaunchedRankTests {
 
 @Suite("Hardening: memory")
 struct MemoryHardeningTests {
+    @Test("sizes that cannot fit are refused up front, naming what they need and what there is", arguments: [
+        ["bench", "-b", "64G", "-e", "64G", "--op", "all_reduce"],
+        ["bench", "-b", "64G", "-e", "64G", "--op", "all_reduce", "--transport", "shm"],
+        ["bench", "-b", "16G", "-e", "16G", "--op", "all_gather"],
+        ["demo", "--heads", "1000"],
+    ])
+    func tooLarge(_ arguments: [String]) throws {
+        let result = try runFVD(arguments, timeout: 30)
+        #expect(result.status == 1)
+        let line = try #require(errorLines(result).last)
+        #expect(line.contains("of memory, but ") && line.hasSuffix("is available (MemAvailable in /proc/meminfo)"), "\(result.stderr)")
+        #expect(result.seconds < 10)
+    }
+
     @Test("a selftest rank's memory does not grow with the world: only rank 0 runs the W-thread reference")
     func selftestMemory() throws {
         let result = try runFVD(["launch", "-n", "4", "--", try fvdExecutable().path, "selftest", "--print-peak-memory"], timeout: 240)

@@ -58,6 +58,10 @@ struct BenchCommand: ParsableCommand {
             let config = try configuration()
             try config.validate()
             try checkTransport(transport)
+            let (needed, tensors) = config.memoryNeeded
+            try checkMemory(
+                needed: needed, sharedBytes: tensors, sharedMemory: transport == "shm",
+                for: "-e \(maxBytes) on \(worldSize) ranks (per rank: input, output and the memcpy baseline)")
             if let plot, !(plot.hasSuffix(".svg") || plot.hasSuffix(".html")) {
                 throw FVDError.invalidArgument("--plot \(plot): the file name must end in .svg or .html")
             }

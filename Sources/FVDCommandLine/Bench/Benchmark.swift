@@ -180,6 +180,26 @@ public struct BenchConfiguration: Sendable {
         }
     }
 
+    /// The bytes of memory the largest row needs, on every rank together (this host runs
+    /// them all): an input and an output tensor (the out-of-place and the in-place form
+    /// run one after the other) and the memcpy baseline's source and destination;
+    /// `tensors` is the part in the ranks' tensors (shared memory, with `--transport shm`).
+    public var memoryNeeded: (total: Int, tensors: Int) {
+        guard let size = sizes.last else { return (0, 0) }
+        var worst = (total: 0, tensors: 0)
+        for op in operations where op.hasSizes {
+            let input = size
+            let output = op == .allGather ? size * worldSize : size
+            let tensors = input + output
+            let total = tensors + 2 * op.modelBytes(inputBytes: size, worldSize: worldSize)
+            let (all, overflow) = total.multipliedReportingOverflow(by: worldSize)
+            let shared = tensors.multipliedReportingOverflow(by: worldSize)
+            if overflow || shared.overflow { return (.max, .max) }
+            if all > worst.total { worst = (all, shared.partialValue) }
+        }
+        return worst
+    }
+
     /// Per-rank input sizes from `minBytes` to `maxBytes`, multiplying by `factor` (≥ 2).
     public var sizes: [Int] {
         var out: [Int] = []

@@ -163,6 +163,9 @@ public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProce
     _ = try GroupLayout(
         worldSize: config.worldSize, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
     try validate(config)
+    try checkMemory(
+        needed: config.memoryEstimate,
+        for: "the demo block (hidden \(config.hidden), \(config.heads) heads, \(config.tokens) tokens) on \(config.worldSize) ranks")
     let shape = DemoShape(
         tokens: config.tokens, hidden: config.hidden, heads: config.heads, textDim: config.textDim,
         mlpHidden: config.mlpRatio * config.hidden)
@@ -313,6 +316,20 @@ extension DemoWeights {
         case .w1: w1.data[0] += fault.delta
         case .w2: w2.data[0] += fault.delta
         }
+    }
+}
+
+extension DemoConfiguration {
+    /// About how many bytes a run holds at its peak: the full float32 weights once per rank
+    /// and for the reference (each rank derives its shard from them), every rank's shard,
+    /// and per rank and for the reference one head's attention scores and the token
+    /// activations. An estimate, to refuse sizes that cannot fit before minutes of work.
+    var memoryEstimate: Int {
+        let c = Double(hidden), s = Double(tokens), mlp = Double(mlpRatio * hidden), w = Double(worldSize)
+        let parameters = Double(textDim) * 6 * c + 4 * c * c + 2 * c * mlp
+        let activations = s * s + s * (mlp + 12 * c)
+        let bytes = 4 * ((w + 1) * parameters + w * parameters / Double(tensorParallel) + (w + 1) * activations)
+        return bytes < Double(Int.max / 2) ? Int(bytes) : Int.max / 2
     }
 }
 
