@@ -34,7 +34,10 @@ struct LaunchCommand: ParsableCommand {
             [r<rank>]. SIGINT, SIGTERM and SIGHUP are forwarded to every rank (each runs in its own \
             session). When a rank exits non-zero or by a signal, the others get --grace seconds to exit, \
             then SIGTERM, then SIGKILL 2 s later, and the launcher exits 1 naming the first failing rank (a rank that exits with status 2 — \
-            what fvd's own ranks do when they stop only because another rank failed — is named only when no other rank failed). The shared-memory object is removed on \
+            what fvd's own ranks do when they stop only because another rank failed — is named only when no other rank failed, \
+            and then a rank that exited 0 while the others still needed it is named instead; ranks that end after the launcher \
+            signalled them are never named). When every rank has exited, whatever they left running in their process groups is \
+            killed. A line longer than 64 KiB is passed on unsplit as it arrives. The shared-memory object is removed on \
             every exit, and objects of launchers no longer running are removed at start.
             """
     )
@@ -42,7 +45,7 @@ struct LaunchCommand: ParsableCommand {
     @Option(name: [.customShort("n"), .customLong("nproc-per-node")], help: ArgumentHelp("Number of processes (ranks), 1…1024.", valueName: "n"))
     var worldSize: Int
 
-    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (passed to the ranks as FVD_TIMEOUT).")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (passed to the ranks as FVD_TIMEOUT). Joining the world at start waits FVD_JOIN_TIMEOUT seconds instead (default: the larger of this and 300); a rank that ends before joining is reported at once.")
     var timeout: Double?
 
     @Option(parsing: .unconditional, help: "Seconds the other ranks get to exit on their own after one fails, before SIGTERM.")
