@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #if defined(__x86_64__)
@@ -136,3 +137,17 @@ int fvd_forward_signals_to(int child) {
 }
 
 int fvd_forwarded_signal(void) { return forwarded; }
+
+void fvd_wait_for_process_end(int pid) {
+#ifdef SYS_pidfd_open
+    int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (fd >= 0) {
+        struct pollfd entry = {.fd = fd, .events = POLLIN, .revents = 0};
+        while (poll(&entry, 1, -1) < 0 && errno == EINTR) {}
+        close(fd);
+        return;
+    }
+    if (errno == ESRCH) return;
+#endif
+    while (kill((pid_t)pid, 0) == 0 || errno != ESRCH) usleep(100000);
+}

@@ -82,7 +82,7 @@ struct LaunchPartsTests {
         #expect(env == [
             "PATH": "/bin", "RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "4",
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "FVD_JOB_ID": id,
-            "FVD_SHM_NAME": "/fvd-4242-0000beef", "FVD_TIMEOUT": "2.5",
+            "FVD_SHM_NAME": "/fvd-4242-0000beef", "FVD_TIMEOUT": "2.5", "FVD_LAUNCHER_PID": String(getpid()),
         ])
         #expect(rankEnvironment(base: [:], rank: 0, worldSize: 1, masterPort: 1, jobID: id, timeout: nil)["FVD_TIMEOUT"] == nil)
         #expect(formatSeconds(300) == "300" && formatSeconds(0.25) == "0.25")

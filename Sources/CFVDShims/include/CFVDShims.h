@@ -108,4 +108,8 @@ int fvd_forward_signals_to(int child);
 /// The last signal ``fvd_forward_signals_to`` passed on, or 0.
 int fvd_forwarded_signal(void);
 
+/// Blocks until process `pid` has ended (a pidfd, or polling kill(pid, 0) every 100 ms
+/// where pidfds are missing); returns at once when it is already gone.
+void fvd_wait_for_process_end(int pid);
+
 #endif

@@ -170,6 +170,7 @@ func rankEnvironment(
     environment["MASTER_ADDR"] = "127.0.0.1"
     environment["MASTER_PORT"] = String(masterPort)
     environment["FVD_JOB_ID"] = jobID
+    environment["FVD_LAUNCHER_PID"] = String(system_getpid())
     environment["FVD_SHM_NAME"] = sharedMemoryName(jobID: jobID)
     if let timeout { environment["FVD_TIMEOUT"] = formatSeconds(timeout) }
     return environment

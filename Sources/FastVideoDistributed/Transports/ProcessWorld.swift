@@ -109,6 +109,11 @@ extension World {
                 }
                 let segment = try SharedSegment(name: name, worldSize: size, rank: rank)
                 let shared = SharedMemoryWorldState(segment: segment, timeout: seconds)
+                // From here on, a launcher killed with SIGKILL takes this rank with it.
+                try LauncherWatch.start(environment: env, rank: rank) {
+                    shared.abort(.peerFailed(rank: rank, message: "its launcher died"), tellPeers: true)
+                    _ = fvd_shm_unlink(name)
+                }
                 let group: GroupCoordinator
                 do {
                     try segment.waitForEveryRank(seconds: try SharedSegment.joinTimeout(collectiveTimeout: seconds))

@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Cells of the failure matrix beyond a rank's own failure: the launcher killed, a rank
+// stalled inside a call. Each must end every surviving process, in bounded time, with
+// nothing left in /dev/shm.
+
+/// The pids of processes whose command line has `argument` as one of its words.
+private func processes(withArgument argument: String) -> [Int32] {
+    let proc = URL(fileURLWithPath: "/proc")
+    return listing(proc).compactMap { entry -> Int32? in
+        guard let pid = Int32(entry), let data = try? Data(contentsOf: proc.appendingPathComponent("\(entry)/cmdline")) else { return nil }
+        return data.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == argument } ? pid : nil
+    }
+}
+
+/// Waits up to `seconds` until `condition` holds; returns whether it did.
+private func eventually(within seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() > deadline { return false }
+        usleep(20_000)
+    }
+    return true
+}
+
+@Suite("Failure matrix: the launcher and stalled ranks")
+struct ReliabilityCellTests {
+    @Test("a launcher killed with SIGKILL takes its ranks with it within 5 s, leaving /dev/shm clean")
+    func launcherKilled() throws {
+        let iterations = "\(Int.random(in: 100_000_000...900_000_000))"
+        let fvd = try fvdExecutable()
+        let launcher = Process()
+        launcher.executableURL = fvd
+        launcher.arguments = ["launch", "-n", "2", "--", fvd.path, "bench", "--transport", "shm", "-b", "8", "-e", "8",
+                              "--op", "all_reduce", "--warmup", "0", "--iters", iterations]
+        launcher.standardOutput = FileHandle.nullDevice
+        launcher.standardError = FileHandle.nullDevice
+        try launcher.run()
+        #expect(eventually(within: 20) { processes(withArgument: iterations).count == 3 }, "the launcher and both ranks run")
+        usleep(300_000)  // into the collectives
+        kill(launcher.processIdentifier, SIGKILL)
+        launcher.waitUntilExit()
+        #expect(eventually(within: 5) { processes(withArgument: iterations).isEmpty }, "ranks still running 5 s after the launcher died")
+        let prefix = "fvd-\(launcher.processIdentifier)-"
+        #expect(listing(URL(fileURLWithPath: "/dev/shm")).filter { $0.hasPrefix(prefix) }.isEmpty)
+    }
+}
