@@ -234,7 +234,10 @@ extension ApplyConfiguration {
 /// after every one was written. Files they replace, and the files named in `superseding`
 /// (e.g. the other format's output of the same rank), are moved aside first and put
 /// back if any move fails, so the folder ends with the whole new set or as it was. The
-/// staging folder is removed on every path.
+/// staging folder is removed on every path: on SIGINT, SIGTERM or SIGHUP too (the process
+/// then exits with status 128 + the signal's number; a signal that arrives while files
+/// are moved into place waits until the move is done). A staging folder whose run could
+/// not remove it (SIGKILL) is removed by the next run into the same folder.
 /// - Returns: the final paths.
 func writeAllOrNothing(
     into directory: String, superseding: [String] = [], _ write: (_ staging: String) throws -> [String]
@@ -245,13 +248,18 @@ func writeAllOrNothing(
     } catch {
         throw FVDError.file(path: directory, problem: "cannot create the output folder: \(error.localizedDescription)")
     }
-    let staging = (directory as NSString).appendingPathComponent(".fvd-staging-\(getpid())-\(UUID().uuidString.prefix(8))")
+    sweepDeadStagingFolders(in: directory)
+    let staging = (directory as NSString).appendingPathComponent(stagingFolderName())
+    let signalMask = registerStagingFolder(staging)
+    defer {
+        try? fm.removeItem(atPath: staging)
+        unregisterStagingFolder(staging, restoring: signalMask)
+    }
     do {
         try fm.createDirectory(atPath: staging, withIntermediateDirectories: false)
     } catch {
         throw FVDError.file(path: directory, problem: "cannot write in the output folder: \(error.localizedDescription)")
     }
-    defer { try? fm.removeItem(atPath: staging) }
     let names = try write(staging)
     let path = { (folder: String, name: String) in (folder as NSString).appendingPathComponent(name) }
     for name in names + superseding {
@@ -263,19 +271,21 @@ func writeAllOrNothing(
     let aside = path(staging, "previous")
     try? fm.createDirectory(atPath: aside, withIntermediateDirectories: false)
     var movedAside: [String] = [], placed: [String] = []
-    do {
-        for name in names + superseding where fm.fileExists(atPath: path(directory, name)) {
-            try move(path(directory, name), to: path(aside, name))
-            movedAside.append(name)
+    try withSignalsHeldBack {
+        do {
+            for name in names + superseding where fm.fileExists(atPath: path(directory, name)) {
+                try move(path(directory, name), to: path(aside, name))
+                movedAside.append(name)
+            }
+            for name in names {
+                try move(path(staging, name), to: path(directory, name))
+                placed.append(name)
+            }
+        } catch {
+            for name in placed { unlink(path(directory, name)) }
+            for name in movedAside { rename(path(aside, name), path(directory, name)) }
+            throw error
         }
-        for name in names {
-            try move(path(staging, name), to: path(directory, name))
-            placed.append(name)
-        }
-    } catch {
-        for name in placed { unlink(path(directory, name)) }
-        for name in movedAside { rename(path(aside, name), path(directory, name)) }
-        throw error
     }
     return names.map { path(directory, $0) }
 }

@@ -1,0 +1,128 @@
+import FastVideoDistributed
+import Foundation
+import Testing
+
+@testable import FVDCommandLine
+
+// Issue 19, "ways a user's command ends badly": options, environment variables and
+// signals that must end with one `error:` line, a non-zero status and nothing left behind.
+
+/// Starts `fvd arguments…`, calls `whileRunning` with its process id once `ready` is
+/// true (checked every 2 ms; never if the process ends first), and returns how it ended.
+private func runFVD(
+    _ arguments: [String], timeout: Double = 60, when ready: () -> Bool, _ whileRunning: (pid_t) -> Void
+) throws -> (ran: Bool, result: ProcessResult) {
+    let process = Process()
+    process.executableURL = try fvdExecutable()
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    let start = Date()
+    try process.run()
+    let outData = Mutexed(Data()), errData = Mutexed(Data())
+    let readers = DispatchGroup()
+    for (pipe, box) in [(out, outData), (err, errData)] {
+        readers.enter()
+        DispatchQueue.global().async {
+            box.set(pipe.fileHandleForReading.readDataToEndOfFile())
+            readers.leave()
+        }
+    }
+    let deadline = Date().addingTimeInterval(timeout)
+    var ran = false
+    while process.isRunning, Date() < deadline {
+        if !ran, ready() {
+            whileRunning(process.processIdentifier)
+            ran = true
+        }
+        usleep(2_000)
+    }
+    if process.isRunning {
+        process.terminate()
+        Issue.record("fvd \(arguments.joined(separator: " ")) ran longer than \(timeout) s and was killed")
+    }
+    process.waitUntilExit()
+    readers.wait()
+    return (ran, ProcessResult(
+        pid: process.processIdentifier, status: process.terminationStatus, stdout: String(decoding: outData.get(), as: UTF8.self),
+        stderr: String(decoding: errData.get(), as: UTF8.self), seconds: Date().timeIntervalSince(start)))
+}
+
+/// A fresh input folder with `world` rank files of `count` float32 ones, and an output folder.
+private func applyFolders(world: Int, count: Int) throws -> (input: URL, output: URL) {
+    let input = try temporaryFolder("hardening-in"), output = try temporaryFolder("hardening-out")
+    for rank in 0..<world {
+        try Tensor(shape: [count], scalars: [Float](repeating: 1, count: count))
+            .writeNPY(to: input.appendingPathComponent("rank\(rank).npy").path)
+    }
+    return (input, output)
+}
+
+@Suite("Hardening: options, environment and signals")
+struct OptionsHardeningTests {
+    // MARK: Row 16: apply's staging folder
+
+    @Test("fvd apply stopped by SIGINT, SIGTERM or SIGHUP while it writes removes its staging folder and exits 128+signal",
+        arguments: [SIGTERM, SIGINT, SIGHUP])
+    func applySignalRemovesStaging(_ sig: Int32) throws {
+        let (input, output) = try applyFolders(world: 4, count: 2 << 20)
+        defer {
+            try? FileManager.default.removeItem(at: input)
+            try? FileManager.default.removeItem(at: output)
+        }
+        let (ran, result) = try runFVD(
+            ["apply", "tensor_model_parallel_all_gather", "--world-size", "4", "--inputs", input.path, "--outputs", output.path],
+            when: { listing(output).contains { $0.hasPrefix(".fvd-staging-") } }
+        ) { pid in kill(pid, sig) }
+        try #require(ran, "the run ended before its staging folder was seen")
+        #expect(result.status == 128 + sig, "\(result.stderr)")
+        #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: stopped by SIG"), "\(result.stderr)")
+        #expect(listing(output).isEmpty)
+    }
+
+    @Test("fvd apply --transport shm stopped by SIGTERM stops its ranks and removes its staging folder")
+    func applyShmSignalRemovesStaging() throws {
+        let (input, output) = try applyFolders(world: 2, count: 2 << 20)
+        defer {
+            try? FileManager.default.removeItem(at: input)
+            try? FileManager.default.removeItem(at: output)
+        }
+        let (ran, result) = try runFVD(
+            ["apply", "tensor_model_parallel_all_gather", "--world-size", "2", "--transport", "shm",
+             "--inputs", input.path, "--outputs", output.path],
+            when: { listing(output).contains { $0.hasPrefix(".fvd-staging-") } }
+        ) { pid in kill(pid, SIGTERM) }
+        try #require(ran, "the run ended before its staging folder was seen")
+        #expect(result.status == 128 + SIGTERM, "\(result.stderr)")
+        #expect(result.stderr.contains("error: stopped by SIGTERM"), "\(result.stderr)")
+        #expect(listing(output).isEmpty)
+    }
+
+    @Test("a staging folder whose process is gone is removed by the next run; a live one's is kept")
+    func applySweepsDeadStaging() throws {
+        let (input, output) = try applyFolders(world: 2, count: 4)
+        defer {
+            try? FileManager.default.removeItem(at: input)
+            try? FileManager.default.removeItem(at: output)
+        }
+        let fm = FileManager.default
+        let host = hostNameForStaging()
+        let dead = [".fvd-staging-2147483646-0A1B2C3D", ".fvd-staging-2147483646@\(host)-0A1B2C3E"]
+        let kept = [".fvd-staging-\(getppid())-0A1B2C3F", ".fvd-staging-2147483646@another.host-0A1B2C40"]
+        for name in dead + kept {
+            try fm.createDirectory(at: output.appendingPathComponent(name), withIntermediateDirectories: false)
+            try Data(count: 1000).write(to: output.appendingPathComponent("\(name)/rank0.npy"))
+        }
+        // A run killed while it moved outputs into place: its earlier output comes back.
+        try fm.createDirectory(at: output.appendingPathComponent("\(dead[1])/previous"), withIntermediateDirectories: false)
+        try Data("earlier".utf8).write(to: output.appendingPathComponent("\(dead[1])/previous/notes.txt"))
+        let result = try runFVD(
+            ["apply", "tensor_model_parallel_all_reduce", "--world-size", "2", "--inputs", input.path, "--outputs", output.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(listing(output) == (kept + ["notes.txt", "rank0.npy", "rank1.npy"]).sorted())
+        #expect(stagingOwner(of: "\(stagingPrefix)12@h.x-0A1B2C3D")?.pid == 12)
+        #expect(stagingOwner(of: "\(stagingPrefix)12@h.x-0A1B2C3D")?.host == "h.x")
+        #expect(stagingOwner(of: "rank0.npy") == nil)
+    }
+}
