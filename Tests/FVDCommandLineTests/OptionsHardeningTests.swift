@@ -125,4 +125,17 @@ struct OptionsHardeningTests {
         #expect(stagingOwner(of: "\(stagingPrefix)12@h.x-0A1B2C3D")?.host == "h.x")
         #expect(stagingOwner(of: "rank0.npy") == nil)
     }
+
+    // MARK: Row 17: FVD_FAULTS
+
+    @Test("FVD_FAULTS with an exit status over 255 or an unknown group is one error line", arguments: [
+        ("exit=300:rank=1:call=0", "exit=300 is not an exit status in 0...255"),
+        ("fail:rank=1:call=0:group=nosuch", "unknown group 'nosuch'"),
+        ("fail:rank=1:call=0:group=tp1", "rank 1 is not in tp1 [2, 3]"),
+    ])
+    func faultsRefused(_ faults: String, _ problem: String) throws {
+        let result = try runFVD(["demo"], environment: ["FVD_FAULTS": faults])
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: ") && result.stderr.contains(problem), "\(result.stderr)")
+    }
 }

@@ -341,11 +341,21 @@ public enum World {
         return seconds
     }
 
-    /// `faults`, or those in `FVD_FAULTS`, checked against the world size.
+    /// `faults`, or those in `FVD_FAULTS`, checked against the world size: the rank, and
+    /// N of a group `tpN`, `spN` or `dpN` (a world of W ranks has at most W groups of each
+    /// kind); an exit status must be one a process can exit with (0...255).
     static func resolvedFaults(_ faults: [Fault]?, worldSize: Int) throws -> [Fault] {
         let faults = try faults ?? Fault.fromEnvironment()
         if let fault = faults.first(where: { $0.rank >= worldSize }) {
             throw FVDError.invalidArgument("fault \(fault) names rank \(fault.rank) of a world of \(worldSize)")
+        }
+        for fault in faults {
+            if case .exit(let status) = fault.action, !Fault.exitStatuses.contains(status) {
+                throw FVDError.invalidArgument("fault \(fault): exit=\(status) is not an exit status in 0...255")
+            }
+            if let group = fault.group, let index = Fault.libraryGroupIndex(group), index >= worldSize {
+                throw FVDError.invalidArgument("fault \(fault) names group \(group), which a world of \(worldSize) does not have")
+            }
         }
         return faults
     }
