@@ -138,4 +138,62 @@ struct OptionsHardeningTests {
         #expect(result.status == 1, "\(result.stderr)")
         #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: ") && result.stderr.contains(problem), "\(result.stderr)")
     }
+
+    // MARK: Row 18: FVD_TENSOR_CACHE_MB
+
+    @Test("FVD_TENSOR_CACHE_MB that is not a whole number of MiB is refused like FVD_TIMEOUT=abc",
+        arguments: ["-5", "abc", "1.5", "", "99999999999999999999"])
+    func tensorCacheRefused(_ value: String) throws {
+        let result = try runFVD(["demo", "--world-size", "2", "--tp", "1", "--sp", "2"], environment: ["FVD_TENSOR_CACHE_MB": value])
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: FVD_TENSOR_CACHE_MB=\(value) is not a whole number of MiB"),
+            "\(result.stderr)")
+    }
+
+    @Test("FVD_TENSOR_CACHE_MB=0 (no cache) and a number of MiB are accepted", arguments: ["0", "64"])
+    func tensorCacheAccepted(_ value: String) throws {
+        let result = try runFVD(["demo", "--world-size", "2", "--tp", "1", "--sp", "2"], environment: ["FVD_TENSOR_CACHE_MB": value])
+        #expect(result.status == 0, "\(result.stderr)")
+    }
+
+    // MARK: Row 20: timeouts are positive or inf
+
+    @Test("--timeout 0, negative or nan is a usage error on every command", arguments: [
+        ["demo", "--timeout", "0"], ["demo", "--timeout", "-1"], ["demo", "--timeout", "nan"],
+        ["apply", "tensor_model_parallel_all_reduce", "--world-size", "1", "--inputs", "a", "--outputs", "b", "--timeout", "0"],
+        ["selftest", "--in-process", "2", "--timeout", "0"], ["launch", "-n", "1", "--timeout", "0", "--", "true"],
+        ["launch", "-n", "1", "--timeout", "-2", "--", "true"],
+    ])
+    func zeroTimeoutRefused(_ arguments: [String]) throws {
+        let result = try runFVD(arguments)
+        #expect(result.status == 64, "\(result.stderr)")
+        #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: --timeout must be a positive number of seconds (or inf"),
+            "\(result.stderr)")
+    }
+
+    @Test("FVD_TIMEOUT and FVD_JOIN_TIMEOUT of 0, -1 or a word are refused, naming the variable", arguments: [
+        ("FVD_TIMEOUT", "0"), ("FVD_TIMEOUT", "-1"), ("FVD_TIMEOUT", "abc"), ("FVD_JOIN_TIMEOUT", "0"), ("FVD_JOIN_TIMEOUT", "soon"),
+    ])
+    func zeroTimeoutVariableRefused(_ variable: String, _ value: String) throws {
+        // FVD_JOIN_TIMEOUT is read when a rank joins a shared-memory world: a world of one joins nothing.
+        let arguments = variable == "FVD_TIMEOUT"
+            ? ["demo", "--world-size", "2", "--tp", "1", "--sp", "2"]
+            : ["launch", "-n", "2", "--no-prefix", "--", try fvdExecutable().path, "selftest", "--extras-only"]
+        let result = try runFVD(arguments, timeout: 60, environment: [variable: value])
+        #expect(result.status != 0)
+        #expect(result.errorLines.contains("error: \(variable)=\(value) is not a positive number of seconds (or inf for no limit)"),
+            "\(result.stderr)")
+    }
+
+    @Test("inf means no limit everywhere: --timeout inf, FVD_TIMEOUT=inf, fvd launch --timeout inf")
+    func infiniteTimeouts() throws {
+        var result = try runFVD(["demo", "--world-size", "2", "--tp", "1", "--sp", "2", "--timeout", "inf"])
+        #expect(result.status == 0, "\(result.stderr)")
+        result = try runFVD(["demo", "--world-size", "2", "--tp", "1", "--sp", "2"], environment: ["FVD_TIMEOUT": "inf"])
+        #expect(result.status == 0, "\(result.stderr)")
+        result = try runFVD(["launch", "-n", "2", "--timeout", "inf", "--", "/bin/sh", "-c", "echo $FVD_TIMEOUT"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.split(separator: "\n").sorted() == ["[r0] inf", "[r1] inf"])
+    }
 }
+

@@ -58,4 +58,16 @@ struct LibraryOptionsHardeningTests {
             .runEach { world in try world.subgroup(name: "pair", ranks: [0, 1]).barrier() }
         #expect(throws: FVDError.self) { try results[1].get() }
     }
+
+    // MARK: Row 20: a timeout is positive or infinite
+
+    @Test("a zero, negative or NaN timeout is refused; a tiny or infinite one is kept")
+    func timeoutArgument() throws {
+        for bad in [0, -1, Double.nan] {
+            #expect(throws: FVDError.self) { try World.inProcess(size: 2, timeout: bad) }
+        }
+        #expect(try World.inProcess(size: 2, timeout: .infinity).timeout == .infinity)
+        #expect(try World.inProcess(size: 2, timeout: 1e-9).timeout == 1e-9)
+    }
 }
+

@@ -49,11 +49,15 @@ struct ApplyCommand: ParsableCommand {
     @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
 
-    @Option(help: "Seconds a collective waits for missing ranks.")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (more than 0; inf: no limit).")
     var timeout: Double = 60
 
     @Option(help: ArgumentHelp("Internal: as a rank of --transport shm, write the output into this folder.", visibility: .private))
     var rankStaging: String?
+
+    func validate() throws {
+        try checkTimeout(timeout)
+    }
 
     func run() throws {
         do {

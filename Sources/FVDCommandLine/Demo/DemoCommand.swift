@@ -52,7 +52,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Largest max abs error vs the single-rank reference that passes.")
     var tolerance: Double = 1e-4
 
-    @Option(help: "Seconds a collective waits for missing ranks.")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (more than 0; inf: no limit).")
     var timeout: Double = 60
 
     @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
@@ -69,6 +69,7 @@ struct DemoCommand: ParsableCommand {
 
     func validate() throws {
         guard chunks >= 1 else { throw ValidationError("--chunks must be at least 1, got \(chunks)") }
+        try checkTimeout(timeout)
     }
 
     func run() throws {

@@ -42,7 +42,7 @@ struct LaunchCommand: ParsableCommand {
     @Option(name: [.customShort("n"), .customLong("nproc-per-node")], help: ArgumentHelp("Number of processes (ranks), 1…1024.", valueName: "n"))
     var worldSize: Int
 
-    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (passed to the ranks as FVD_TIMEOUT).")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks, more than 0 or inf for no limit (passed to the ranks as FVD_TIMEOUT).")
     var timeout: Double?
 
     @Option(parsing: .unconditional, help: "Seconds the other ranks get to exit on their own after one fails, before SIGTERM.")

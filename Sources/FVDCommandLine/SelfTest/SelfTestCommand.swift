@@ -29,7 +29,7 @@ struct SelfTestCommand: ParsableCommand {
     @Option(help: "The rank that passes the mismatching call.")
     var mismatchRank: Int = 1
 
-    @Option(help: "Seconds a collective waits for missing ranks.")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (more than 0; inf: no limit).")
     var timeout: Double?
 
     @Flag(help: "Run only the parts beyond FastVideo's collectives (send/recv, tensor dicts, objects, the uneven and grouped-query all-to-all): quick at larger world sizes.")
@@ -45,6 +45,7 @@ struct SelfTestCommand: ParsableCommand {
         if let mismatch, !["shape", "dtype", "op", "dim", "baddim"].contains(mismatch) {
             throw ValidationError("--mismatch must be shape, dtype, op, dim or baddim, not '\(mismatch)'")
         }
+        try checkTimeout(timeout)
     }
 
     func run() throws {
