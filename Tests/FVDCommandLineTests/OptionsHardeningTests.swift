@@ -195,5 +195,37 @@ struct OptionsHardeningTests {
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.split(separator: "\n").sorted() == ["[r0] inf", "[r1] inf"])
     }
+
+    // MARK: Row 19: FVD_FLIGHT_RECORDER_DIR that cannot be written
+
+    @Test("FVD_FLIGHT_RECORDER_DIR naming a file or a read-only folder: one warning per rank naming the path and the reason")
+    func flightRecorderUnwritable() throws {
+        let folder = try temporaryFolder("hardening-recorder")
+        defer {
+            chmod(folder.appendingPathComponent("read-only").path, 0o755)
+            try? FileManager.default.removeItem(at: folder)
+        }
+        let file = folder.appendingPathComponent("a-file")
+        try Data("x".utf8).write(to: file)
+        let readOnly = folder.appendingPathComponent("read-only")
+        try FileManager.default.createDirectory(at: readOnly, withIntermediateDirectories: false)
+        chmod(readOnly.path, 0o555)
+        // root writes into a read-only folder; /proc/1 refuses new files to everyone.
+        let readOnlyPath = geteuid() == 0 ? "/proc/1" : readOnly.path
+        for (directory, reason) in [(file.path, "\(file.path): is not a folder"), (file.path + "/sub", "\(file.path): is not a folder"),
+            (readOnlyPath, "rank0.json: cannot create a temporary file in its directory")]
+        {
+            let result = try runFVD(["selftest", "--in-process", "2", "--fault", "fail:rank=1:call=3"],
+                environment: ["FVD_FLIGHT_RECORDER_DIR": directory])
+            #expect(result.status == 1)
+            let warnings = result.errorLines.filter { $0.hasPrefix("warning: ") }
+            #expect(warnings.count == 2, "\(result.stderr)")
+            for rank in 0..<2 {
+                #expect(warnings.filter { $0.hasPrefix("warning: rank \(rank): flight recorder not saved (FVD_FLIGHT_RECORDER_DIR=\(directory)): ") }.count == 1,
+                    "\(result.stderr)")
+            }
+            #expect(warnings.contains { $0.contains(reason) }, "\(result.stderr)")
+        }
+    }
 }
 
