@@ -227,5 +227,60 @@ struct OptionsHardeningTests {
             #expect(warnings.contains { $0.contains(reason) }, "\(result.stderr)")
         }
     }
+
+    // MARK: Row 21: bench sizes stay within -b…-e
+
+    @Test("bench rows stay within -b…-e for every op, world size and dtype, one per size of the sweep", arguments: [
+        (4, "float64", "4K", "4K", 1), (3, "float32", "1K", "64K", 7), (3, "float64", "1K", "64K", 7), (5, "bfloat16", "1K", "1M", 11),
+    ] as [(Int, String, String, String, Int)])
+    func benchSizesWithinRange(_ world: Int, _ dtype: String, _ b: String, _ e: String, _ rowsPerOp: Int) throws {
+        var config = BenchConfiguration()
+        config.worldSize = world
+        config.dtype = try #require(DType(name: dtype))
+        config.minBytes = try parseByteSize(b)
+        config.maxBytes = try parseByteSize(e)
+        for op in BenchOperation.allCases where op.hasSizes {
+            let counts = config.inputCounts(for: op)
+            #expect(counts.count == rowsPerOp, "\(op) at W=\(world): \(counts)")
+            #expect(Set(counts).count == counts.count && counts == counts.sorted())
+            for count in counts {
+                let size = op.reportedBytes(inputBytes: count * config.dtype.byteSize, worldSize: world)
+                #expect(size >= config.minBytes && size <= config.maxBytes, "\(op) W=\(world) \(dtype): \(size) B")
+                #expect(op.usableCount(count, worldSize: world) == count)
+                #expect(inputShape(op, count: count, worldSize: world).reduce(1, *) == count, "\(op) \(count)")
+            }
+        }
+    }
+
+    @Test("fvd bench --world-size 4 -b 4K -e 4K --dtype float64: every row is 4096 B, and the header says how sizes round")
+    func benchTableWithinRange() throws {
+        let result = try runFVD(["bench", "--world-size", "4", "-b", "4K", "-e", "4K", "--dtype", "float64", "--iters", "1", "--warmup", "0"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let rows = result.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        #expect(rows.count == BenchOperation.allCases.count)
+        for row in rows where !row.contains("barrier") {
+            #expect(row.split(separator: " ").first == "4096", "\(row)")
+        }
+        #expect(result.stdout.contains("# sizes: -b 4096 to -e 4096 B"))
+    }
+
+    @Test("when no usable size lies within -b…-e, the op still gets one row, its nearest size")
+    func benchSizesUnavoidable() throws {
+        var config = BenchConfiguration()
+        config.worldSize = 3
+        config.dtype = .float64
+        config.minBytes = 4
+        config.maxBytes = 4
+        #expect(config.inputCounts(for: .allReduce) == [1])
+        #expect(config.inputCounts(for: .allToAll4D) == [3])
+        config.minBytes = 1 << 10
+        config.maxBytes = 1 << 10
+        // 1024 B is not a multiple of 3 × 8: the largest usable size below it.
+        #expect(config.inputCounts(for: .reduceScatter) == [126])
+        // The all-to-all keeps FastVideo's head layout: 4 heads per rank, head dim 128 for powers of two.
+        #expect(inputShape(.allToAll4D, count: 16 << 20, worldSize: 4) == [1, 8192, 16, 128])
+        #expect(inputShape(.allToAll4D, count: 8184, worldSize: 3) == [1, 2, 12, 341])
+        #expect(inputShape(.allToAll4D, count: 6, worldSize: 3) == [1, 1, 3, 2])
+    }
 }
 

@@ -8,8 +8,11 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time the collectives over a range of sizes (nccl-tests style) beside memcpy of the same bytes.",
         discussion: """
-            Sizes (-b, -e) are bytes of each rank's input, from 1 byte (the all-to-all's smallest shape is \
-            [1, 1, n, 1]). Columns follow nccl-tests: size (all_gather: the gathered output), count, dtype, \
+            Sizes (-b, -e) are the size column, from 1 byte: each rank's input, and for all_gather the \
+            gathered output, as in nccl-tests. Each size is rounded down to the nearest the op can use \
+            (whole elements; multiples of W elements for reduce_scatter and all_to_all_4d, whose smallest \
+            shape is [1, 1, W, 1]), or up to stay at -b; the '# sizes:' line says how. \
+            Columns follow nccl-tests: size, count, dtype, \
             then for the out-of-place and the in-place form (into the caller's tensor: all_reduce, \
             all_gather and broadcast in place, reduce_scatter and all_to_all_4d into an output, sendrecv \
             with recv(into:)) the time, \
@@ -69,6 +72,7 @@ struct BenchCommand: ParsableCommand {
                 print("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
                     + "median of \(iters) iterations after \(warmup) warmup"
                     + (rounds > 1 ? ", median of \(rounds) rounds" : ""))
+                print(config.sizesLine)
                 print(BenchReport.tableHeader)
             }
             let report = try runBenchmark(config, ranks: ranks) { done, total, what in
