@@ -282,5 +282,44 @@ struct OptionsHardeningTests {
         #expect(inputShape(.allToAll4D, count: 8184, worldSize: 3) == [1, 2, 12, 341])
         #expect(inputShape(.allToAll4D, count: 6, worldSize: 3) == [1, 1, 3, 2])
     }
+
+    // MARK: Row 24: apply's outputs never replace its inputs; other-format files are named
+
+    @Test("fvd apply refuses --outputs that is the --inputs folder, also through a symbolic link, on every transport",
+        arguments: ["inprocess", "shm"])
+    func applySameFolderRefused(_ transport: String) throws {
+        let (input, output) = try applyFolders(world: 2, count: 4)
+        defer {
+            try? FileManager.default.removeItem(at: input)
+            try? FileManager.default.removeItem(at: output)
+        }
+        let link = output.appendingPathComponent("link")
+        try FileManager.default.createSymbolicLink(at: link, withDestinationURL: input)
+        let before = try (0..<2).map { try Data(contentsOf: input.appendingPathComponent("rank\($0).npy")) }
+        for outputs in [input.path, input.path + "/", link.path, input.path + "/../" + input.lastPathComponent] {
+            let result = try runFVD(["apply", "tensor_model_parallel_all_reduce", "--world-size", "2", "--transport", transport,
+                "--inputs", input.path, "--outputs", outputs])
+            #expect(result.status == 1, "\(result.stderr)")
+            #expect(result.errorLines.count == 1 && result.stderr.contains("are the same folder"), "\(result.stderr)")
+        }
+        #expect(listing(input) == ["rank0.npy", "rank1.npy"])
+        #expect(try (0..<2).map { try Data(contentsOf: input.appendingPathComponent("rank\($0).npy")) } == before)
+    }
+
+    @Test("fvd apply names an earlier output in the other format that it replaces")
+    func applyNotesReplacedOtherFormat() throws {
+        let (input, output) = try applyFolders(world: 2, count: 4)
+        defer {
+            try? FileManager.default.removeItem(at: input)
+            try? FileManager.default.removeItem(at: output)
+        }
+        try Data("stale".utf8).write(to: output.appendingPathComponent("rank1.safetensors"))
+        try Data("stale".utf8).write(to: output.appendingPathComponent("rank0.npy"))
+        let result = try runFVD(["apply", "tensor_model_parallel_all_reduce", "--world-size", "2", "--inputs", input.path, "--outputs", output.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        // A same-named output is replaced quietly, as any rerun does; the other format is named.
+        #expect(result.errorLines == ["note: replaced \(output.path)/rank1.safetensors by rank1.npy (an earlier output in the other format)"])
+        #expect(listing(output) == ["rank0.npy", "rank1.npy"])
+    }
 }
 

@@ -12,7 +12,10 @@ struct ApplyCommand: ParsableCommand {
             Every rank r < W reads INPUTS/rank{r}.npy, or INPUTS/rank{r}.safetensors (its first tensor), and \
             writes OUTPUTS/rank{r} in the same format and dtype. The TP operations default to --tp W, the SP \
             ones to --sp W; --dim defaults to -1, the all-to-all to --scatter-dim 2 --gather-dim 1, the \
-            all-reduce to --op sum (FastVideo's defaults). Outputs appear all together or not at all.
+            all-reduce to --op sum (FastVideo's defaults). Outputs appear all together or not at all; \
+            a rank's earlier output in the other format is replaced (and named on stderr). OUTPUTS \
+            must not be the INPUTS folder. SIGINT, SIGTERM or SIGHUP leave no partial output: the \
+            run removes its staging folder and exits with 128 + the signal's number.
             """
     )
 
