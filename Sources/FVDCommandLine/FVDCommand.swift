@@ -18,6 +18,7 @@ public struct FVDCommand: ParsableCommand {
     /// so scripts comparing implementations can rely on it. `--help` is unchanged.
     public static func runFromCommandLine(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
         do {
+            try checkHelpTopic(arguments)
             var command = try parseAsRoot(arguments)
             try command.run()
             Foundation.exit(0)

@@ -321,5 +321,63 @@ struct OptionsHardeningTests {
         #expect(result.errorLines == ["note: replaced \(output.path)/rank1.safetensors by rank1.npy (an earlier output in the other format)"])
         #expect(listing(output) == ["rank0.npy", "rank1.npy"])
     }
+
+    // MARK: Row 25: messages that point the right way
+
+    @Test("negative numbers parse as values and get a range error naming the option", arguments: [
+        (["launch", "-n", "-1", "--", "true"], "-n must be between 1 and 1024, got -1"),
+        (["demo", "--world-size", "-1"], "--world-size -1: world size must be at least 1"),
+        (["bench", "--world-size", "-1"], "--world-size -1: world size must be at least 1"),
+        (["apply", "tensor_model_parallel_all_reduce", "--world-size", "-1", "--inputs", "a", "--outputs", "b"],
+         "--world-size -1: world size must be at least 1"),
+        (["bench", "-b", "-1M"], "-b: size '-1M' must be at least 1 byte"),
+        (["bench", "-e", "-1"], "-e: size '-1' must be at least 1 byte"),
+        (["demo", "--tp", "-1"], "tensor parallel -1"),
+        (["demo", "--chunks", "-2"], "--chunks must be at least 1, got -2"),
+    ] as [([String], String)])
+    func negativeNumbers(_ arguments: [String], _ message: String) throws {
+        let result = try runFVD(arguments)
+        #expect(result.status != 0)
+        #expect(!result.stderr.contains("Missing value"), "\(result.stderr)")
+        #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: ") && result.stderr.contains(message), "\(result.stderr)")
+    }
+
+    @Test("each message names what the user typed", arguments: [
+        (["demo", "--heads", "0"], [:], "--heads must be between 1 and 65536, got 0"),
+        (["demo", "--heads", "1000000000000000000"], [:], "--heads must be between 1 and 65536"),
+        (["demo", "--transport", "shm", "--world-size", "0"], [:], "--world-size 0: world size must be at least 1"),
+        (["demo", "--world-size", "2000"], [:], "--world-size 2000: world size must be at most 1024"),
+        (["selftest"], ["RANK": "0", "WORLD_SIZE": "2000"], "WORLD_SIZE=2000 is outside 1...1024"),
+        (["selftest"], ["RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "../../etc/x"], "MASTER_PORT=../../etc/x is not a port number in 1...65535"),
+        (["selftest"], ["RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "198.51.100.7", "MASTER_PORT": "29517"],
+         "MASTER_ADDR=198.51.100.7 is not this host: the shared-memory transport needs every rank on this host"),
+        (["help", "bogus"], [:], "no help for 'bogus': fvd has the commands demo, bench, apply, launch"),
+    ] as [([String], [String: String], String)])
+    func messagesNameTheCause(_ arguments: [String], _ environment: [String: String], _ message: String) throws {
+        let result = try runFVD(arguments, timeout: 30, environment: environment)
+        #expect(result.status != 0)
+        #expect(result.errorLines.count == 1 && result.stderr.hasPrefix("error: ") && result.stderr.contains(message), "\(result.stderr)")
+        #expect(result.seconds < 20, "an error, not a wait")
+    }
+
+    @Test("fvd help bogus is a usage error (64); fvd help demo still shows the help")
+    func helpTopics() throws {
+        #expect(try runFVD(["help", "bogus"]).status == 64)
+        let help = try runFVD(["help", "demo"])
+        #expect(help.status == 0 && help.stdout.contains("OVERVIEW:"))
+    }
+
+    @Test("--plot takes .svg and .html in any case")
+    func plotExtensionCase() throws {
+        let folder = try temporaryFolder("hardening-plot")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        for name in ["x.SVG", "y.Html"] {
+            let file = folder.appendingPathComponent(name)
+            let result = try runFVD(["bench", "--op", "all_reduce", "-b", "8", "-e", "16", "--iters", "1", "--warmup", "0", "--plot", file.path])
+            #expect(result.status == 0, "\(result.stderr)")
+            let text = try String(contentsOf: file, encoding: .utf8)
+            #expect(name.hasSuffix("SVG") ? text.hasPrefix("<?xml") : text.contains("<html"), "\(text.prefix(80))")
+        }
+    }
 }
 

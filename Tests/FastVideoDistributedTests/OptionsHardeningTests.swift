@@ -69,5 +69,25 @@ struct LibraryOptionsHardeningTests {
         #expect(try World.inProcess(size: 2, timeout: .infinity).timeout == .infinity)
         #expect(try World.inProcess(size: 2, timeout: 1e-9).timeout == 1e-9)
     }
+
+    // MARK: Row 25: MASTER_ADDR must be this host for the shared-memory transport
+
+    @Test("this host's names and addresses are recognized; others are not")
+    func thisHost() throws {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, 255)
+        let host = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        for address in ["127.0.0.1", "127.0.1.1", "localhost", "LOCALHOST", "::1", "[::1]", host] {
+            #expect(isThisHost(address), "\(address)")
+        }
+        for address in ["198.51.100.7", "example.invalid", "2001:db8::1", "node-17"] {
+            #expect(!isThisHost(address), "\(address)")
+        }
+        #expect(throws: (any Error).self) { try World.checkRendezvous(["MASTER_ADDR": "198.51.100.7"]) }
+        #expect(throws: (any Error).self) { try World.checkRendezvous(["MASTER_PORT": "0"]) }
+        #expect(throws: Never.self) { try World.checkRendezvous(["MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"]) }
+        // FVD_SHM_NAME names the segment: MASTER_PORT is then not read.
+        #expect(throws: Never.self) { try World.checkRendezvous(["MASTER_PORT": "x", "FVD_SHM_NAME": "/fvd-x"]) }
+    }
 }
 

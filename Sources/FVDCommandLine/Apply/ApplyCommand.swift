@@ -22,13 +22,13 @@ struct ApplyCommand: ParsableCommand {
     @Argument(help: "The operation, by FastVideo's name.")
     var operation: String
 
-    @Option(help: "Number of in-process ranks (one input file each).")
+    @Option(parsing: .unconditional, help: "Number of in-process ranks (one input file each).")
     var worldSize: Int
 
-    @Option(help: "Tensor-parallel size (default: W for the TP operations, else 1).")
+    @Option(parsing: .unconditional, help: "Tensor-parallel size (default: W for the TP operations, else 1).")
     var tp: Int?
 
-    @Option(help: "Sequence-parallel size (default: W for the SP operations, else 1).")
+    @Option(parsing: .unconditional, help: "Sequence-parallel size (default: W for the SP operations, else 1).")
     var sp: Int?
 
     @Option(parsing: .unconditional, help: "All-gather dimension (default -1).")
@@ -60,6 +60,7 @@ struct ApplyCommand: ParsableCommand {
 
     func validate() throws {
         try checkTimeout(timeout)
+        try checkWorldSize(worldSize, transport: transport)
     }
 
     func run() throws {

@@ -24,29 +24,29 @@ struct BenchCommand: ParsableCommand {
             time of memcpy of the op's copy-model bytes on every rank at once, timed between the same \
             iterations, as a percentage of the collective's time (100% = as fast as a perfect \
             implementation on this host); 'memcpy' is that copy's bandwidth. --json, --csv and --plot \
-            (.svg or .html) write the results to files. Build with -c release.
+            (.svg or .html, in either case) write the results to files. Build with -c release.
             """
     )
 
     @Option(help: "all_reduce, all_gather, reduce_scatter, all_to_all_4d, broadcast, barrier, sendrecv, or all.")
     var op: String = "all"
-    @Option(name: .customLong("world-size"), help: "Number of ranks.")
+    @Option(name: .customLong("world-size"), parsing: .unconditional, help: "Number of ranks.")
     var worldSize: Int = 2
     @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
     @Option(help: "Element type.")
     var dtype: String = "float32"
-    @Option(name: .customShort("b"), help: "Smallest per-rank size in bytes (K, M, G suffixes).")
+    @Option(name: .customShort("b"), parsing: .unconditional, help: "Smallest size in bytes (K, M, G suffixes; all_gather: the gathered output).")
     var minBytes: String = "8K"
-    @Option(name: .customShort("e"), help: "Largest per-rank size in bytes.")
+    @Option(name: .customShort("e"), parsing: .unconditional, help: "Largest size in bytes.")
     var maxBytes: String = "64M"
-    @Option(name: .customShort("f"), help: "Multiplication factor between sizes.")
+    @Option(name: .customShort("f"), parsing: .unconditional, help: "Multiplication factor between sizes.")
     var factor: Int = 2
-    @Option(help: "Untimed iterations before timing.")
+    @Option(parsing: .unconditional, help: "Untimed iterations before timing.")
     var warmup: Int = 5
-    @Option(help: "Timed iterations; the median is reported.")
+    @Option(parsing: .unconditional, help: "Timed iterations; the median is reported.")
     var iters: Int = 20
-    @Option(help: "Rounds of warmup and iterations per row; the median round is reported.")
+    @Option(parsing: .unconditional, help: "Rounds of warmup and iterations per row; the median round is reported.")
     var rounds: Int = 1
     @Option(help: "Write the results as JSON to this file (schema fvd-bench/1).")
     var json: String?
@@ -55,13 +55,17 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Write a plot of busbw vs size to this file: FILE.svg or FILE.html.")
     var plot: String?
 
+    func validate() throws {
+        try checkWorldSize(worldSize, transport: transport)
+    }
+
     func run() throws {
         let progress = ProgressLine()
         do {
             let config = try configuration()
             try config.validate()
             try checkTransport(transport)
-            if let plot, !(plot.hasSuffix(".svg") || plot.hasSuffix(".html")) {
+            if let plot, !(plot.lowercased().hasSuffix(".svg") || plot.lowercased().hasSuffix(".html")) {
                 throw FVDError.invalidArgument("--plot \(plot): the file name must end in .svg or .html")
             }
             // Fail before a long run, not after it, when an output cannot be written.
@@ -104,8 +108,8 @@ struct BenchCommand: ParsableCommand {
             throw FVDError.invalidArgument("unknown dtype '\(dtype)'; use one of \(DType.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         config.dtype = d
-        config.minBytes = try parseByteSize(minBytes)
-        config.maxBytes = try parseByteSize(maxBytes)
+        config.minBytes = try parseByteSize(minBytes, option: "-b")
+        config.maxBytes = try parseByteSize(maxBytes, option: "-e")
         config.factor = factor
         config.warmup = warmup
         config.iterations = iters
@@ -127,7 +131,7 @@ struct BenchCommand: ParsableCommand {
         if let plot {
             let (title, subtitle) = report.plotTitles
             let series = report.plotSeries()
-            let text = plot.hasSuffix(".html")
+            let text = plot.lowercased().hasSuffix(".html")
                 ? BenchPlot.html(title: title, subtitle: subtitle, series: series)
                 : BenchPlot.svg(title: title, subtitle: subtitle, series: series)
             try writeAtomically(Data(text.utf8), to: plot)
@@ -172,6 +176,15 @@ func writeAtomically(_ data: Data, to path: String) throws {
 }
 
 /// Parses `1048576`, `64K`, `1M`, `2G` (powers of 1024).
+func parseByteSize(_ text: String, option: String) throws -> Int {
+    do {
+        return try parseByteSize(text)
+    } catch FVDError.invalidArgument(let message) {
+        throw FVDError.invalidArgument("\(option): \(message)")
+    }
+}
+
+/// Bytes in `text`: a whole number, at least 1, with an optional K, M or G suffix (up to 1T).
 func parseByteSize(_ text: String) throws -> Int {
     let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
     var digits = text.uppercased()
@@ -180,9 +193,10 @@ func parseByteSize(_ text: String) throws -> Int {
         scale = unit
         digits.removeLast()
     }
-    guard let value = Int(digits), value > 0 else {
+    guard let value = Int(digits) else {
         throw FVDError.invalidArgument("invalid size '\(text)'; use bytes with an optional K, M or G suffix")
     }
+    guard value > 0 else { throw FVDError.invalidArgument("size '\(text)' must be at least 1 byte") }
     let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
     guard !overflow, bytes <= 1 << 40 else { throw FVDError.invalidArgument("size '\(text)' is larger than 1T") }
     return bytes

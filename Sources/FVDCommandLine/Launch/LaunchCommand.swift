@@ -39,7 +39,7 @@ struct LaunchCommand: ParsableCommand {
             """
     )
 
-    @Option(name: [.customShort("n"), .customLong("nproc-per-node")], help: ArgumentHelp("Number of processes (ranks), 1…1024.", valueName: "n"))
+    @Option(name: [.customShort("n"), .customLong("nproc-per-node")], parsing: .unconditional, help: ArgumentHelp("Number of processes (ranks), 1…1024.", valueName: "n"))
     var worldSize: Int
 
     @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks, more than 0 or inf for no limit (passed to the ranks as FVD_TIMEOUT).")

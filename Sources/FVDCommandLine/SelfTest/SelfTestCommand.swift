@@ -17,7 +17,7 @@ struct SelfTestCommand: ParsableCommand {
         shouldDisplay: false
     )
 
-    @Option(name: .customLong("in-process"), help: "Run a world of this many threads in this process instead of joining the world from the environment.")
+    @Option(name: .customLong("in-process"), parsing: .unconditional, help: "Run a world of this many threads in this process instead of joining the world from the environment.")
     var inProcessSize: Int?
 
     @Option(help: "A fault to inject, ACTION:rank=R:call=N[:group=G] (repeatable; see Fault).")
@@ -26,7 +26,7 @@ struct SelfTestCommand: ParsableCommand {
     @Option(help: "Make one rank call something else at its 3rd case: 'shape', 'dtype', 'op', 'dim' or 'baddim'.")
     var mismatch: String?
 
-    @Option(help: "The rank that passes the mismatching call.")
+    @Option(parsing: .unconditional, help: "The rank that passes the mismatching call.")
     var mismatchRank: Int = 1
 
     @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (more than 0; inf: no limit).")
@@ -63,6 +63,13 @@ struct SelfTestCommand: ParsableCommand {
             // torchrun's variables, or Open MPI's or MPICH's under mpirun.
             let size = Int(env["WORLD_SIZE"] ?? env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"] ?? "1") ?? 1
             let rank = Int(env["RANK"] ?? env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"] ?? "0") ?? 0
+            // The reference runs `size` threads: name the variable, not the in-process limit.
+            if let variable = ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].first(where: { env[$0] != nil }),
+                !commandWorldSizes.contains(size)
+            {
+                throw FVDError.invalidArgument(
+                    "\(variable)=\(env[variable] ?? "") is outside \(commandWorldSizes.lowerBound)...\(commandWorldSizes.upperBound), the world sizes fvd selftest runs")
+            }
             let expected = try World.inProcess(size: size, timeout: 60, faults: []).run { group in
                 try runCollectives(group, worldSize: size, mismatch: nil, extrasOnly: extrasOnly)
             }[min(max(rank, 0), size - 1)]
