@@ -112,42 +112,25 @@ int fvd_affinity_cpu_count(void) {
     return CPU_COUNT(&set);
 }
 
-static volatile sig_atomic_t forward_child = 0;
-static volatile sig_atomic_t forwarded = 0;
-
-static void forward_signal(int sig) {
-    int saved = errno;
-    forwarded = sig;
-    if (forward_child > 0) kill((pid_t)forward_child, sig);
-    errno = saved;
-}
-
-int fvd_forward_signals_to(int child) {
-    static const int signals[] = {SIGINT, SIGTERM, SIGHUP};
-    forward_child = child;
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_handler = child >= 0 ? forward_signal : SIG_DFL;
-    action.sa_flags = SA_RESTART;
-    sigemptyset(&action.sa_mask);
-    for (unsigned i = 0; i < sizeof signals / sizeof signals[0]; i++) {
-        if (sigaction(signals[i], &action, NULL) != 0) return -errno;
-    }
-    return 0;
-}
-
-int fvd_forwarded_signal(void) { return forwarded; }
-
-void fvd_wait_for_process_end(int pid) {
+int fvd_pidfd_open(int pid) {
 #ifdef SYS_pidfd_open
     int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
     if (fd >= 0) {
-        struct pollfd entry = {.fd = fd, .events = POLLIN, .revents = 0};
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        return fd;
+    }
+    return -errno;
+#else
+    return -ENOSYS;
+#endif
+}
+
+void fvd_wait_for_process_end(int pid, int pidfd) {
+    if (pidfd >= 0) {
+        struct pollfd entry = {.fd = pidfd, .events = POLLIN, .revents = 0};
         while (poll(&entry, 1, -1) < 0 && errno == EINTR) {}
-        close(fd);
+        close(pidfd);
         return;
     }
-    if (errno == ESRCH) return;
-#endif
     while (kill((pid_t)pid, 0) == 0 || errno != ESRCH) usleep(100000);
 }

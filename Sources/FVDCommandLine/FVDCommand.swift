@@ -24,6 +24,7 @@ public struct FVDCommand: ParsableCommand {
     public static func runFromCommandLine(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
         StandardStreams.prepare()
         do {
+            try checkHelpTopic(arguments)
             var command = try parseAsRoot(arguments)
             try command.run()
             exitChecking(0)

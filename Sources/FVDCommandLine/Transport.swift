@@ -1,5 +1,4 @@
 import ArgumentParser
-import CFVDShims
 import FastVideoDistributed
 import Foundation
 
@@ -44,18 +43,14 @@ func relaunchAsRanks(worldSize: Int) throws -> Never {
 
 /// Runs this command line as `worldSize` ranks under a child `fvd launch` and returns its
 /// exit status, for a command with work left after the ranks end (`fvd apply` moves their
-/// files into place). SIGINT, SIGTERM and SIGHUP sent to this process meanwhile are passed
-/// on to the launcher, which forwards them to the ranks, so none outlives this process.
+/// files into place; on SIGINT, SIGTERM or SIGHUP it stops the launcher itself, see
+/// `registerStagingFolder`).
 func runAsRanks(worldSize: Int, extraArguments: [String]) throws -> Int32 {
     let words = relaunchCommandLine(worldSize: worldSize, extraArguments: extraArguments)
     let process = Process()
     process.executableURL = URL(fileURLWithPath: words[0])
     process.arguments = Array(words.dropFirst())
-    _ = fvd_forward_signals_to(0)  // record a signal that comes before the child has a pid
-    defer { _ = fvd_forward_signals_to(-1) }
     try process.run()
-    _ = fvd_forward_signals_to(process.processIdentifier)
-    if fvd_forwarded_signal() != 0 { kill(process.processIdentifier, fvd_forwarded_signal()) }
     process.waitUntilExit()
     return process.terminationStatus
 }

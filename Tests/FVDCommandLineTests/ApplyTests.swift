@@ -101,7 +101,7 @@ struct ApplyTests {
             ([[2, 4, 8, 3], [2, 4, 8, 3]], ["tensor_model_parallel_all_reduce", "--world-size", "2", "--tp", "3"],
              ["invalid parallel layout", "world size 2", "tensor parallel 3"]),
             ([[2, 4, 8, 3], [2, 4, 8, 3]], ["tensor_model_parallel_all_reduce", "--world-size", "0"],
-             ["invalid parallel layout", "world size 0"]),
+             ["--world-size 0", "world size must be at least 1"]),
             ([[2, 4, 6, 3], [2, 4, 6, 3], [2, 4, 6, 3], [2, 4, 6, 3]], ["sequence_model_parallel_all_to_all_4D", "--world-size", "4"],
              ["dimension 2 has size 6", "not divisible by the group size 4"]),
             ([[2, 4, 8], [2, 4, 8]], ["sequence_model_parallel_all_to_all_4D", "--world-size", "2"],

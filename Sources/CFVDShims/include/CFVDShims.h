@@ -100,16 +100,10 @@ int fvd_punch_hole(int fd, int64_t offset, int64_t length);
 /// shm_unlink(name); returns 0 or -errno.
 int fvd_shm_unlink(const char *name);
 
-/// Until the next call, SIGINT, SIGTERM and SIGHUP sent to this process are passed on to
-/// `child` (kill(child, sig) in the handler, which is async-signal-safe); 0 or -errno.
-/// `child` 0 only records them (for a child not started yet); < 0 puts the default
-/// handlers back.
-int fvd_forward_signals_to(int child);
-/// The last signal ``fvd_forward_signals_to`` passed on, or 0.
-int fvd_forwarded_signal(void);
-
-/// Blocks until process `pid` has ended (a pidfd, or polling kill(pid, 0) every 100 ms
-/// where pidfds are missing); returns at once when it is already gone.
-void fvd_wait_for_process_end(int pid);
+/// A pidfd of process `pid` (pidfd_open), or -errno (-ESRCH: it has ended already).
+int fvd_pidfd_open(int pid);
+/// Blocks until process `pid` has ended: polls `pidfd` when it is >= 0 (then closes it),
+/// else checks kill(pid, 0) every 100 ms (kernels without pidfds).
+void fvd_wait_for_process_end(int pid, int pidfd);
 
 #endif

@@ -48,8 +48,18 @@ public struct ApplyConfiguration: Sendable {
         return try GroupLayout(worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp)
     }
 
-    /// Throws when an option is given that the operation does not take.
+    /// Throws when an option is given that the operation does not take, or when the
+    /// output folder is the input folder (after following symbolic links: the same
+    /// device and inode), whose files the outputs would replace.
     func checkOptions() throws {
+        var input = stat(), output = stat()
+        if stat(inputDirectory, &input) == 0, stat(outputDirectory, &output) == 0,
+            input.st_dev == output.st_dev, input.st_ino == output.st_ino
+        {
+            throw FVDError.invalidArgument(
+                "--inputs \(inputDirectory) and --outputs \(outputDirectory) are the same folder: the outputs would replace "
+                    + "the inputs; choose another --outputs")
+        }
         let name = operation.rawValue
         if dim != nil, operation == .tensorModelParallelAllReduce || operation == .sequenceModelParallelAllToAll4D {
             throw FVDError.invalidArgument("\(name) takes no --dim (use --scatter-dim/--gather-dim for the all-to-all)")
@@ -233,8 +243,13 @@ extension ApplyConfiguration {
 /// folder inside `directory` and returns their names; they are moved into place only
 /// after every one was written. Files they replace, and the files named in `superseding`
 /// (e.g. the other format's output of the same rank), are moved aside first and put
-/// back if any move fails, so the folder ends with the whole new set or as it was. The
-/// staging folder is removed on every path.
+/// back if any move fails, so the folder ends with the whole new set or as it was. Each
+/// file of `superseding` that was there is named on stderr (`note: replaced DIR/rank1.safetensors
+/// by rank1.npy …`): unlike a same-named output, the user may not expect it to go. The
+/// staging folder is removed on every path: on SIGINT, SIGTERM or SIGHUP too (the process
+/// then exits with status 128 + the signal's number; a signal that arrives while files
+/// are moved into place waits until the move is done). A staging folder whose run could
+/// not remove it (SIGKILL) is removed by the next run into the same folder.
 /// - Returns: the final paths.
 func writeAllOrNothing(
     into directory: String, superseding: [String] = [], _ write: (_ staging: String) throws -> [String]
@@ -245,13 +260,18 @@ func writeAllOrNothing(
     } catch {
         throw FVDError.file(path: directory, problem: "cannot create the output folder: \(error.localizedDescription)")
     }
-    let staging = (directory as NSString).appendingPathComponent(".fvd-staging-\(getpid())-\(UUID().uuidString.prefix(8))")
+    sweepDeadStagingFolders(in: directory)
+    let staging = (directory as NSString).appendingPathComponent(stagingFolderName())
+    let signalMask = registerStagingFolder(staging)
+    defer {
+        try? fm.removeItem(atPath: staging)
+        unregisterStagingFolder(staging, restoring: signalMask)
+    }
     do {
         try fm.createDirectory(atPath: staging, withIntermediateDirectories: false)
     } catch {
         throw FVDError.file(path: directory, problem: "cannot write in the output folder: \(error.localizedDescription)")
     }
-    defer { try? fm.removeItem(atPath: staging) }
     let names = try write(staging)
     let path = { (folder: String, name: String) in (folder as NSString).appendingPathComponent(name) }
     for name in names + superseding {
@@ -263,19 +283,27 @@ func writeAllOrNothing(
     let aside = path(staging, "previous")
     try? fm.createDirectory(atPath: aside, withIntermediateDirectories: false)
     var movedAside: [String] = [], placed: [String] = []
-    do {
-        for name in names + superseding where fm.fileExists(atPath: path(directory, name)) {
-            try move(path(directory, name), to: path(aside, name))
-            movedAside.append(name)
+    try withSignalsHeldBack {
+        do {
+            for name in names + superseding where fm.fileExists(atPath: path(directory, name)) {
+                try move(path(directory, name), to: path(aside, name))
+                movedAside.append(name)
+            }
+            for name in names {
+                try move(path(staging, name), to: path(directory, name))
+                placed.append(name)
+            }
+        } catch {
+            for name in placed { unlink(path(directory, name)) }
+            for name in movedAside { rename(path(aside, name), path(directory, name)) }
+            throw error
         }
-        for name in names {
-            try move(path(staging, name), to: path(directory, name))
-            placed.append(name)
-        }
-    } catch {
-        for name in placed { unlink(path(directory, name)) }
-        for name in movedAside { rename(path(aside, name), path(directory, name)) }
-        throw error
+    }
+    // A file of another name that the new set replaces is worth a word: the user may not expect it.
+    for name in superseding where movedAside.contains(name) {
+        let stem = (name as NSString).deletingPathExtension
+        let by = names.first { ($0 as NSString).deletingPathExtension == stem }.map { " by \($0)" } ?? ""
+        writeError("note: replaced \(path(directory, name))\(by) (an earlier output in the other format)\n")
     }
     return names.map { path(directory, $0) }
 }

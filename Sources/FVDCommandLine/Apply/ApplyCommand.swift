@@ -12,20 +12,23 @@ struct ApplyCommand: ParsableCommand {
             Every rank r < W reads INPUTS/rank{r}.npy, or INPUTS/rank{r}.safetensors (its first tensor), and \
             writes OUTPUTS/rank{r} in the same format and dtype. The TP operations default to --tp W, the SP \
             ones to --sp W; --dim defaults to -1, the all-to-all to --scatter-dim 2 --gather-dim 1, the \
-            all-reduce to --op sum (FastVideo's defaults). Outputs appear all together or not at all.
+            all-reduce to --op sum (FastVideo's defaults). Outputs appear all together or not at all; \
+            a rank's earlier output in the other format is replaced (and named on stderr). OUTPUTS \
+            must not be the INPUTS folder. SIGINT, SIGTERM or SIGHUP leave no partial output: the \
+            run removes its staging folder and exits with 128 + the signal's number.
             """
     )
 
     @Argument(help: "The operation, by FastVideo's name.")
     var operation: String
 
-    @Option(help: "Number of in-process ranks (one input file each).")
+    @Option(parsing: .unconditional, help: "Number of in-process ranks (one input file each).")
     var worldSize: Int
 
-    @Option(help: "Tensor-parallel size (default: W for the TP operations, else 1).")
+    @Option(parsing: .unconditional, help: "Tensor-parallel size (default: W for the TP operations, else 1).")
     var tp: Int?
 
-    @Option(help: "Sequence-parallel size (default: W for the SP operations, else 1).")
+    @Option(parsing: .unconditional, help: "Sequence-parallel size (default: W for the SP operations, else 1).")
     var sp: Int?
 
     @Option(parsing: .unconditional, help: "All-gather dimension (default -1).")
@@ -49,11 +52,16 @@ struct ApplyCommand: ParsableCommand {
     @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
 
-    @Option(help: "Seconds a collective waits for missing ranks.")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (more than 0; inf: no limit).")
     var timeout: Double = 60
 
     @Option(help: ArgumentHelp("Internal: as a rank of --transport shm, write the output into this folder.", visibility: .private))
     var rankStaging: String?
+
+    func validate() throws {
+        try checkTimeout(timeout)
+        try checkWorldSize(worldSize, transport: transport)
+    }
 
     func run() throws {
         do {

@@ -8,8 +8,11 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time the collectives over a range of sizes (nccl-tests style) beside memcpy of the same bytes.",
         discussion: """
-            Sizes (-b, -e) are bytes of each rank's input, from 1 byte (the all-to-all's smallest shape is \
-            [1, 1, n, 1]). Columns follow nccl-tests: size (all_gather: the gathered output), count, dtype, \
+            Sizes (-b, -e) are the size column, from 1 byte: each rank's input, and for all_gather the \
+            gathered output, as in nccl-tests. Each size is rounded down to the nearest the op can use \
+            (whole elements; multiples of W elements for reduce_scatter and all_to_all_4d, whose smallest \
+            shape is [1, 1, W, 1]), or up to stay at -b; the '# sizes:' line says how. \
+            Columns follow nccl-tests: size, count, dtype, \
             then for the out-of-place and the in-place form (into the caller's tensor: all_reduce, \
             all_gather and broadcast in place, reduce_scatter and all_to_all_4d into an output, sendrecv \
             with recv(into:)) the time, \
@@ -21,29 +24,29 @@ struct BenchCommand: ParsableCommand {
             time of memcpy of the op's copy-model bytes on every rank at once, timed between the same \
             iterations, as a percentage of the collective's time (100% = as fast as a perfect \
             implementation on this host); 'memcpy' is that copy's bandwidth. --json, --csv and --plot \
-            (.svg or .html) write the results to files. Build with -c release.
+            (.svg or .html, in either case) write the results to files. Build with -c release.
             """
     )
 
     @Option(help: "all_reduce, all_gather, reduce_scatter, all_to_all_4d, broadcast, barrier, sendrecv, or all.")
     var op: String = "all"
-    @Option(name: .customLong("world-size"), help: "Number of ranks.")
+    @Option(name: .customLong("world-size"), parsing: .unconditional, help: "Number of ranks.")
     var worldSize: Int = 2
     @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
     var transport: String = "inprocess"
     @Option(help: "Element type.")
     var dtype: String = "float32"
-    @Option(name: .customShort("b"), help: "Smallest per-rank size in bytes (K, M, G suffixes).")
+    @Option(name: .customShort("b"), parsing: .unconditional, help: "Smallest size in bytes (K, M, G suffixes; all_gather: the gathered output).")
     var minBytes: String = "8K"
-    @Option(name: .customShort("e"), help: "Largest per-rank size in bytes.")
+    @Option(name: .customShort("e"), parsing: .unconditional, help: "Largest size in bytes.")
     var maxBytes: String = "64M"
-    @Option(name: .customShort("f"), help: "Multiplication factor between sizes.")
+    @Option(name: .customShort("f"), parsing: .unconditional, help: "Multiplication factor between sizes.")
     var factor: Int = 2
-    @Option(help: "Untimed iterations before timing.")
+    @Option(parsing: .unconditional, help: "Untimed iterations before timing.")
     var warmup: Int = 5
-    @Option(help: "Timed iterations; the median is reported.")
+    @Option(parsing: .unconditional, help: "Timed iterations; the median is reported.")
     var iters: Int = 20
-    @Option(help: "Rounds of warmup and iterations per row; the median round is reported.")
+    @Option(parsing: .unconditional, help: "Rounds of warmup and iterations per row; the median round is reported.")
     var rounds: Int = 1
     @Option(help: "Write the results as JSON to this file (schema fvd-bench/1).")
     var json: String?
@@ -51,6 +54,10 @@ struct BenchCommand: ParsableCommand {
     var csv: String?
     @Option(help: "Write a plot of busbw vs size to this file: FILE.svg or FILE.html.")
     var plot: String?
+
+    func validate() throws {
+        try checkWorldSize(worldSize, transport: transport)
+    }
 
     func run() throws {
         let progress = ProgressLine()
@@ -62,7 +69,7 @@ struct BenchCommand: ParsableCommand {
             try checkMemory(
                 needed: needed, sharedBytes: tensors, sharedMemory: transport == "shm",
                 for: "-e \(maxBytes) on \(worldSize) ranks (per rank: input, output and the memcpy baseline)")
-            if let plot, !(plot.hasSuffix(".svg") || plot.hasSuffix(".html")) {
+            if let plot, !(plot.lowercased().hasSuffix(".svg") || plot.lowercased().hasSuffix(".html")) {
                 throw FVDError.invalidArgument("--plot \(plot): the file name must end in .svg or .html")
             }
             // Fail before a long run, not after it, when an output cannot be written.
@@ -73,6 +80,7 @@ struct BenchCommand: ParsableCommand {
                 printOutput("# fvd bench: \(transport) transport, world size \(worldSize), \(config.dtype), "
                     + "median of \(iters) iterations after \(warmup) warmup"
                     + (rounds > 1 ? ", median of \(rounds) rounds" : ""))
+                printOutput(config.sizesLine)
                 printOutput(BenchReport.tableHeader)
             }
             let report = try runBenchmark(config, ranks: ranks) { done, total, what in
@@ -103,8 +111,8 @@ struct BenchCommand: ParsableCommand {
             throw FVDError.invalidArgument("unknown dtype '\(dtype)'; use one of \(DType.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         config.dtype = d
-        config.minBytes = try parseByteSize(minBytes)
-        config.maxBytes = try parseByteSize(maxBytes)
+        config.minBytes = try parseByteSize(minBytes, option: "-b")
+        config.maxBytes = try parseByteSize(maxBytes, option: "-e")
         config.factor = factor
         config.warmup = warmup
         config.iterations = iters
@@ -126,7 +134,7 @@ struct BenchCommand: ParsableCommand {
         if let plot {
             let (title, subtitle) = report.plotTitles
             let series = report.plotSeries()
-            let text = plot.hasSuffix(".html")
+            let text = plot.lowercased().hasSuffix(".html")
                 ? BenchPlot.html(title: title, subtitle: subtitle, series: series)
                 : BenchPlot.svg(title: title, subtitle: subtitle, series: series)
             try writeFileAtomically(Array(text.utf8), to: plot)
@@ -187,6 +195,15 @@ func checkOutputPaths(_ outputs: [(option: String, path: String)]) throws {
 }
 
 /// Parses `1048576`, `64K`, `1M`, `2G` (powers of 1024).
+func parseByteSize(_ text: String, option: String) throws -> Int {
+    do {
+        return try parseByteSize(text)
+    } catch FVDError.invalidArgument(let message) {
+        throw FVDError.invalidArgument("\(option): \(message)")
+    }
+}
+
+/// Bytes in `text`: a whole number, at least 1, with an optional K, M or G suffix (up to 1T).
 func parseByteSize(_ text: String) throws -> Int {
     let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
     var digits = text.uppercased()
@@ -195,9 +212,10 @@ func parseByteSize(_ text: String) throws -> Int {
         scale = unit
         digits.removeLast()
     }
-    guard let value = Int(digits), value > 0 else {
+    guard let value = Int(digits) else {
         throw FVDError.invalidArgument("invalid size '\(text)'; use bytes with an optional K, M or G suffix")
     }
+    guard value > 0 else { throw FVDError.invalidArgument("size '\(text)' must be at least 1 byte") }
     let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
     guard !overflow, bytes <= 1 << 40 else { throw FVDError.invalidArgument("size '\(text)' is larger than 1T") }
     return bytes

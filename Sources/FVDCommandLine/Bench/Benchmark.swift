@@ -185,13 +185,13 @@ public struct BenchConfiguration: Sendable {
     /// run one after the other) and the memcpy baseline's source and destination;
     /// `tensors` is the part in the ranks' tensors (shared memory, with `--transport shm`).
     public var memoryNeeded: (total: Int, tensors: Int) {
-        guard let size = sizes.last else { return (0, 0) }
         var worst = (total: 0, tensors: 0)
         for op in operations where op.hasSizes {
-            let input = size
-            let output = op == .allGather ? size * worldSize : size
+            guard let count = inputCounts(for: op).max() else { continue }
+            let input = count * dtype.byteSize
+            let output = op == .allGather ? input * worldSize : input
             let tensors = input + output
-            let total = tensors + 2 * op.modelBytes(inputBytes: size, worldSize: worldSize)
+            let total = tensors + 2 * op.modelBytes(inputBytes: input, worldSize: worldSize)
             let (all, overflow) = total.multipliedReportingOverflow(by: worldSize)
             let shared = tensors.multipliedReportingOverflow(by: worldSize)
             if overflow || shared.overflow { return (.max, .max) }
@@ -200,7 +200,8 @@ public struct BenchConfiguration: Sendable {
         return worst
     }
 
-    /// Per-rank input sizes from `minBytes` to `maxBytes`, multiplying by `factor` (≥ 2).
+    /// The sizes of the sweep from `minBytes` to `maxBytes`, multiplying by `factor` (≥ 2),
+    /// before each op rounds them (see ``inputCounts(for:)``).
     public var sizes: [Int] {
         var out: [Int] = []
         var s = minBytes
@@ -211,6 +212,73 @@ public struct BenchConfiguration: Sendable {
             s = next
         }
         return out
+    }
+
+    /// The per-rank input element counts `op` is measured at, smallest first.
+    ///
+    /// As in nccl-tests, each size of the sweep is the op's reported size (the table's
+    /// `size` column: the gathered output for all_gather, each rank's input otherwise), and
+    /// it is rounded down to the nearest size the op can use
+    /// (``BenchOperation/usableCount(_:worldSize:)``), so every row lies within `-b`…`-e`.
+    /// A size that would round below `-b` is rounded up to the smallest usable size from
+    /// `-b` instead; one that rounds to a size already measured is skipped. Only when no
+    /// usable size lies in `-b`…`-e` does the op get a row outside it: the largest
+    /// usable size below `-b`, or the op's smallest size when even that is above `-e`.
+    func inputCounts(for op: BenchOperation) -> [Int] {
+        guard op.hasSizes else { return [0] }
+        let n = worldSize, element = dtype.byteSize
+        let unit = op == .allGather ? n * element : element  // reported bytes per input element
+        var counts: [Int] = []
+        for size in sizes {
+            var count = op.usableCount(size / unit, worldSize: n)
+            if count * unit < minBytes { count = op.usableCount(atLeast: (minBytes + unit - 1) / unit, worldSize: n) }
+            if count > 0, count * unit <= maxBytes, !counts.contains(count) { counts.append(count) }
+        }
+        if counts.isEmpty {
+            let below = op.usableCount(maxBytes / unit, worldSize: n)
+            counts = [below > 0 ? below : op.smallestCount(worldSize: n)]
+        }
+        return counts
+    }
+
+    /// The table's comment line that says how the sizes were chosen.
+    public var sizesLine: String {
+        "# sizes: -b \(minBytes) to -e \(maxBytes) B, ×\(factor), each rounded down (-b: up) to one the op can use: "
+            + "whole elements; all_gather's size is the gathered output (\(worldSize) × each rank's input); "
+            + "reduce_scatter and all_to_all_4d use multiples of \(worldSize) elements "
+            + "(all_to_all_4d: [1, S, \(4 * worldSize), D ≥ 128], multiples of \(4 * worldSize), from \(512 * worldSize) elements)"
+    }
+}
+
+extension BenchOperation {
+    /// The largest per-rank element count not above `count` that the op's input can have
+    /// (0 if none): any for most ops; a multiple of `n` for the reduce-scatter; for the
+    /// all-to-all a multiple of `n` (`[1, 1, n, count/n]`), or of `4n` from `512n` on
+    /// (`[1, S, 4n, D]`, FastVideo's head layout with 4 heads per rank and D ≥ 128).
+    func usableCount(_ count: Int, worldSize n: Int) -> Int {
+        switch self {
+        case .allReduce, .allGather, .broadcast, .sendRecv: return max(0, count)
+        case .barrier: return 0
+        case .reduceScatter: return max(0, count / n * n)
+        case .allToAll4D: return count >= 512 * n ? count / (4 * n) * (4 * n) : max(0, count / n * n)
+        }
+    }
+
+    /// The smallest per-rank element count from `count` on that the op can use.
+    func usableCount(atLeast count: Int, worldSize n: Int) -> Int {
+        let count = max(count, smallestCount(worldSize: n))
+        let roundUp = { (step: Int) in (count + step - 1) / step * step }
+        switch self {
+        case .allReduce, .allGather, .broadcast, .sendRecv: return count
+        case .barrier: return 0
+        case .reduceScatter: return roundUp(n)
+        case .allToAll4D: return roundUp(n) < 512 * n ? roundUp(n) : roundUp(4 * n)
+        }
+    }
+
+    /// The smallest per-rank element count the op can use.
+    func smallestCount(worldSize n: Int) -> Int {
+        self == .reduceScatter || self == .allToAll4D ? n : 1
     }
 }
 
@@ -237,14 +305,13 @@ public func runBenchmark(
         everyRank = { body in try world.run(body) }
     }
     var rows: [BenchRow] = []
-    let plan = config.operations.flatMap { op in (op.hasSizes ? config.sizes : [0]).map { (op, $0) } }
-    for (step, (op, size)) in plan.enumerated() {
+    let plan = config.operations.flatMap { op in config.inputCounts(for: op).map { (op, $0) } }
+    for (step, (op, count)) in plan.enumerated() {
+        let inputBytes = count * config.dtype.byteSize
+        let size = op.reportedBytes(inputBytes: inputBytes, worldSize: n)
         progress(step, plan.count, op.hasSizes ? "\(op.rawValue) \(size) bytes" : op.rawValue)
-        let shape = inputShape(op, count: op.hasSizes ? max(1, size / config.dtype.byteSize) : 0, worldSize: n)
+        let shape = inputShape(op, count: count, worldSize: n)
         let elements = shape.reduce(1, *)
-        // Small sizes can round to the same shape: measure it once.
-        if rows.contains(where: { $0.op == op && $0.count == elements }) { continue }
-        let inputBytes = elements * config.dtype.byteSize
         let modelBytes = op.modelBytes(inputBytes: inputBytes, worldSize: n)
         let outOfPlace = try measure(everyRank, config, modelBytes: modelBytes) { group in
             let x = try Tensor(zeros: shape, dtype: config.dtype)
@@ -314,17 +381,21 @@ public func runBenchmark(
         rounds: config.rounds, rows: rows)
 }
 
-/// The input shape for `op` with about `count` elements: a divisible 4-D shape for the
-/// all-to-all (`[1, S/n, 4n, 128]`, or `[1, 1, n, count/n]` below that), a multiple of the
-/// group size for the reduce-scatter, `[0]` for the barrier.
-private func inputShape(_ op: BenchOperation, count: Int, worldSize n: Int) -> [Int] {
+/// The input shape for `op` with `count` elements (a count from
+/// ``BenchOperation/usableCount(_:worldSize:)``): `[count]`, `[0]` for the barrier, and
+/// for the all-to-all a divisible 4-D shape: from `512n` elements FastVideo's layout
+/// `[1, S, 4n, D]` (4 heads per rank, S the largest sequence length that leaves a head
+/// dimension D of at least 128: `[1, S, 4n, 128]` when 128 × 4n divides the count),
+/// below that `[1, 1, n, count/n]`.
+func inputShape(_ op: BenchOperation, count: Int, worldSize n: Int) -> [Int] {
     switch op {
-    case .allReduce, .allGather, .broadcast, .sendRecv, .barrier: return [count]
-    case .reduceScatter: return [max(n, count / n * n)]
+    case .allReduce, .allGather, .broadcast, .sendRecv, .barrier, .reduceScatter: return [count]
     case .allToAll4D:
-        let heads = 4 * n, headDim = 128
-        if count >= heads * headDim { return [1, count / (heads * headDim), heads, headDim] }
-        return [1, 1, n, max(1, count / n)]
+        let heads = 4 * n
+        guard count >= 128 * heads else { return [1, 1, n, count / n] }
+        let perHead = count / heads
+        let sequence = stride(from: perHead / 128, to: 1, by: -1).first { perHead % $0 == 0 } ?? 1
+        return [1, sequence, heads, perHead / sequence]
     }
 }
 

@@ -22,37 +22,37 @@ struct DemoCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Number of in-process ranks.")
+    @Option(parsing: .unconditional, help: "Number of in-process ranks.")
     var worldSize: Int = 4
 
-    @Option(help: "Tensor-parallel size (adaLN projection and MLP).")
+    @Option(parsing: .unconditional, help: "Tensor-parallel size (adaLN projection and MLP).")
     var tp: Int = 2
 
-    @Option(help: "Sequence-parallel (Ulysses) size (attention).")
+    @Option(parsing: .unconditional, help: "Sequence-parallel (Ulysses) size (attention).")
     var sp: Int = 2
 
-    @Option(help: "Latent frames.")
+    @Option(parsing: .unconditional, help: "Latent frames.")
     var frames: Int = 4
 
-    @Option(help: "Latent height in patches.")
+    @Option(parsing: .unconditional, help: "Latent height in patches.")
     var height: Int = 8
 
-    @Option(help: "Latent width in patches.")
+    @Option(parsing: .unconditional, help: "Latent width in patches.")
     var width: Int = 8
 
-    @Option(help: "Hidden size of the block (default 16 × heads: 128).")
+    @Option(parsing: .unconditional, help: "Hidden size of the block (default 16 × heads: 128).")
     var hidden: Int?
 
-    @Option(help: "Attention heads; any number: heads that do not divide by --sp take the uneven all-to-all (30 heads on 4 ranks: 8, 8, 7, 7).")
+    @Option(parsing: .unconditional, help: "Attention heads; any number: heads that do not divide by --sp take the uneven all-to-all (30 heads on 4 ranks: 8, 8, 7, 7).")
     var heads: Int = 8
 
-    @Option(help: "Seed of the weights and inputs.")
+    @Option(parsing: .unconditional, help: "Seed of the weights and inputs.")
     var seed: UInt64 = 0
 
-    @Option(help: "Largest max abs error vs the single-rank reference that passes.")
+    @Option(parsing: .unconditional, help: "Largest max abs error vs the single-rank reference that passes.")
     var tolerance: Double = 1e-4
 
-    @Option(help: "Seconds a collective waits for missing ranks.")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (more than 0; inf: no limit).")
     var timeout: Double = 60
 
     @Option(help: "How ranks talk: 'inprocess' (threads), 'shm' (one process per rank, started through fvd launch) or 'mpi' (under mpirun; needs a build with --traits MPI).")
@@ -64,11 +64,15 @@ struct DemoCommand: ParsableCommand {
     @Flag(help: "Overlap attention with the all-to-all: exchange q/k/v in --chunks groups of heads, started at once, and attend to each group as it arrives.")
     var overlap = false
 
-    @Option(help: "Groups of heads with --overlap.")
+    @Option(parsing: .unconditional, help: "Groups of heads with --overlap.")
     var chunks: Int = 4
 
     func validate() throws {
         guard chunks >= 1 else { throw ValidationError("--chunks must be at least 1, got \(chunks)") }
+        try checkTimeout(timeout)
+        try checkWorldSize(worldSize, transport: transport)
+        // Before the default hidden size (16 × heads) is computed, which would name hidden instead.
+        guard (1...65536).contains(heads) else { throw ValidationError("--heads must be between 1 and 65536, got \(heads)") }
     }
 
     func run() throws {

@@ -42,10 +42,10 @@ struct LaunchCommand: ParsableCommand {
             """
     )
 
-    @Option(name: [.customShort("n"), .customLong("nproc-per-node")], help: ArgumentHelp("Number of processes (ranks), 1…1024.", valueName: "n"))
+    @Option(name: [.customShort("n"), .customLong("nproc-per-node")], parsing: .unconditional, help: ArgumentHelp("Number of processes (ranks), 1…1024.", valueName: "n"))
     var worldSize: Int
 
-    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (passed to the ranks as FVD_TIMEOUT). Joining the world at start waits FVD_JOIN_TIMEOUT seconds instead (default: the larger of this and 300); a rank that ends before joining is reported at once.")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks, more than 0 or inf for no limit (passed to the ranks as FVD_TIMEOUT). Joining the world at start waits FVD_JOIN_TIMEOUT seconds instead (default: the larger of this and 300); a rank that ends before joining is reported at once.")
     var timeout: Double?
 
     @Option(parsing: .unconditional, help: "Seconds the other ranks get to exit on their own after one fails, before SIGTERM.")

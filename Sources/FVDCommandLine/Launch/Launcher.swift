@@ -39,8 +39,8 @@ struct LaunchConfiguration: Sendable, Equatable {
             throw .invalidArgument("-n must be between \(Self.worldSizes.lowerBound) and \(Self.worldSizes.upperBound), got \(worldSize)")
         }
         guard !program.isEmpty else { throw .invalidArgument("missing PROGRAM: use fvd launch -n W -- PROGRAM ARGS…") }
-        if let timeout, !(timeout > 0 && timeout.isFinite) {
-            throw .invalidArgument("--timeout must be a positive number of seconds, got \(timeout)")
+        if let timeout, !(timeout > 0) {
+            throw .invalidArgument("--timeout must be a positive number of seconds (or inf for no limit), got \(timeout)")
         }
         guard grace >= 0, grace.isFinite else { throw .invalidArgument("--grace must be zero or more seconds, got \(grace)") }
         guard killAfter >= 0, killAfter.isFinite else { throw .invalidArgument("the kill delay must be zero or more seconds") }

@@ -17,7 +17,7 @@ struct SelfTestCommand: ParsableCommand {
         shouldDisplay: false
     )
 
-    @Option(name: .customLong("in-process"), help: "Run a world of this many threads in this process instead of joining the world from the environment.")
+    @Option(name: .customLong("in-process"), parsing: .unconditional, help: "Run a world of this many threads in this process instead of joining the world from the environment.")
     var inProcessSize: Int?
 
     @Option(help: "A fault to inject, ACTION:rank=R:call=N[:group=G] (repeatable; see Fault).")
@@ -26,10 +26,10 @@ struct SelfTestCommand: ParsableCommand {
     @Option(help: "Make one rank call something else at its 3rd case: 'shape', 'dtype', 'op', 'dim' or 'baddim'.")
     var mismatch: String?
 
-    @Option(help: "The rank that passes the mismatching call.")
+    @Option(parsing: .unconditional, help: "The rank that passes the mismatching call.")
     var mismatchRank: Int = 1
 
-    @Option(help: "Seconds a collective waits for missing ranks.")
+    @Option(parsing: .unconditional, help: "Seconds a collective waits for missing ranks (more than 0; inf: no limit).")
     var timeout: Double?
 
     @Flag(help: "Run only the parts beyond FastVideo's collectives (send/recv, tensor dicts, objects, the uneven and grouped-query all-to-all): quick at larger world sizes.")
@@ -48,6 +48,12 @@ struct SelfTestCommand: ParsableCommand {
         if let mismatch, !["shape", "dtype", "op", "dim", "baddim"].contains(mismatch) {
             throw ValidationError("--mismatch must be shape, dtype, op, dim or baddim, not '\(mismatch)'")
         }
+        try checkTimeout(timeout)
+    }
+
+    /// With `--unmatched-recv`, the last rank receives once more from rank 0, which sends nothing.
+    private func unmatchedRecvIfAsked(_ group: GroupCoordinator) throws {
+        if unmatchedRecv, group.size >= 2, group.rankInGroup == group.size - 1 { _ = try group.recv(from: 0) }
     }
 
     func run() throws {
@@ -67,6 +73,13 @@ struct SelfTestCommand: ParsableCommand {
             // torchrun's variables, or Open MPI's or MPICH's under mpirun.
             let size = Int(env["WORLD_SIZE"] ?? env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"] ?? "1") ?? 1
             let rank = Int(env["RANK"] ?? env["OMPI_COMM_WORLD_RANK"] ?? env["PMI_RANK"] ?? "0") ?? 0
+            // The reference runs `size` threads: name the variable, not the in-process limit.
+            if let variable = ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].first(where: { env[$0] != nil }),
+                !commandWorldSizes.contains(size)
+            {
+                throw FVDError.invalidArgument(
+                    "\(variable)=\(env[variable] ?? "") is outside \(commandWorldSizes.lowerBound)...\(commandWorldSizes.upperBound), the world sizes fvd selftest runs")
+            }
             let reference = rank != 0 ? nil : try World.inProcess(size: size, timeout: 60, faults: []).run { group in
                 try runCollectives(group, worldSize: size, mismatch: nil, extrasOnly: extrasOnly)
             }
@@ -74,8 +87,10 @@ struct SelfTestCommand: ParsableCommand {
             let baseline = checkLeaks ? ResourceCount.now() : nil
             defer { if let baseline { printOutput(baseline.leaks()) } }
             let (got, expected) = try world.run { group in
-                let got = try runCollectives(group, worldSize: world.size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv)
-                return (got, try group.broadcastObject(reference, from: 0)[group.rankInGroup])
+                let got = try runCollectives(group, worldSize: world.size, mismatch: mismatch, extrasOnly: extrasOnly)
+                let expected = try group.broadcastObject(reference, from: 0)[group.rankInGroup]
+                try unmatchedRecvIfAsked(group)
+                return (got, expected)
             }
             try compare(got, expected, rank: world.rank)
             if printPeakMemory { printOutput("peak memory: \(peakResidentMebibytes()) MiB") }
@@ -96,7 +111,11 @@ struct SelfTestCommand: ParsableCommand {
         }
         let world = try World.inProcess(size: size, timeout: timeout, faults: faults)
         let baseline = checkLeaks ? ResourceCount.now() : nil
-        let outcomes = world.runEach { group in try runCollectives(group, worldSize: size, mismatch: mismatch, extrasOnly: extrasOnly, unmatchedRecv: unmatchedRecv) }
+        let outcomes = world.runEach { group in
+            let got = try runCollectives(group, worldSize: size, mismatch: mismatch, extrasOnly: extrasOnly)
+            try unmatchedRecvIfAsked(group)
+            return got
+        }
         if let baseline { printOutput(baseline.leaks()) }
         var failed = false
         for (rank, outcome) in outcomes.enumerated() {
@@ -211,8 +230,7 @@ private func input(rank: Int, shape: [Int], dtype: DType, salt: Int) throws -> T
 /// all-gathering first) an all-gather along dim 1 (`dim`) or the invalid dim 9 (`baddim`)
 /// where the others use dim 0.
 private func runCollectives(
-    _ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?, extrasOnly: Bool = false,
-    unmatchedRecv: Bool = false
+    _ world: GroupCoordinator, worldSize n: Int, mismatch: (kind: String, rank: Int)?, extrasOnly: Bool = false
 ) throws -> [ResultDigest] {
     var results: [ResultDigest] = []
     var salt = 0
@@ -254,7 +272,6 @@ private func runCollectives(
     }
     if !extrasOnly { results += try runIntoForms(world, worldSize: n) }
     if n >= 2 { results += try runExtras(world, worldSize: n) }
-    if unmatchedRecv, n >= 2, world.rankInGroup == n - 1 { _ = try world.recv(from: 0) }
     return results
 }
 

@@ -26,9 +26,13 @@ public struct ParallelState: Sendable, CustomStringConvertible {
     /// Builds this rank's groups. Every rank of `world` must call it with the same sizes.
     ///
     /// - Throws: ``FVDError/invalidLayout(worldSize:tensorParallel:sequenceParallel:)``
-    ///   unless `tp >= 1`, `sp >= 1` and both divide the world size.
+    ///   unless `tp >= 1`, `sp >= 1` and both divide the world size;
+    ///   ``FVDError/invalidArgument(_:)`` if a ``Fault`` of the world names a group
+    ///   `tpN`, `spN` or `dpN` this layout does not have, or does not put the fault's
+    ///   rank in (it would never fire).
     public init(world: GroupCoordinator, tensorParallel tp: Int = 1, sequenceParallel sp: Int = 1) throws {
         let layout = try GroupLayout(worldSize: world.size, tensorParallel: tp, sequenceParallel: sp)
+        try (world.factory as? FaultInjectingFactory)?.checkGroups(of: layout, ranks: world.ranks)
         self.world = world
         // The layout numbers the members of `world` 0..<size; map them to world ranks.
         let me = world.rankInGroup

@@ -32,7 +32,7 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
         /// The rank's code throws ``FVDError/invalidArgument(_:)`` ("injected failure …")
         /// instead of entering the call: its peers throw ``FVDError/peerFailed(rank:message:)``.
         case fail
-        /// The rank's process exits with `status` (`exit`, so exit hooks run). In an
+        /// The rank's process exits with `status`, 0 through 255 (`exit`, so exit hooks run). In an
         /// in-process world the rank's thread leaves instead, and
         /// ``InProcessWorld/runEach(_:)`` reports ``FVDError/peerExited(rank:op:group:)``
         /// for it; its peers see a rank that left.
@@ -77,6 +77,13 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses faults separated by commas, e.g. `delay=2:rank=1:call=3,kill:rank=2:call=0:group=tp0`.
     ///
+    /// `exit=STATUS` takes a status a process can exit with, 0 through 255 (a larger one
+    /// would reach the parent as its low 8 bits). `group=G` takes a name the library gives
+    /// its groups: `world`, or `tpN`, `spN`, `dpN` (``ParallelState``'s groups, N counted
+    /// from 0); a fault on a group that ``GroupCoordinator/subgroup(name:ranks:)`` named
+    /// is made with ``init(_:rank:atCall:group:)`` instead. A world then also checks that
+    /// N is below its size.
+    ///
     /// - Throws: ``FVDError/invalidArgument(_:)`` naming the part that does not parse.
     public init(parsing text: String) throws {
         let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
@@ -92,6 +99,7 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
             action = .delay(seconds: s)
         case "exit":
             guard let status = value.flatMap(Int32.init) else { throw bad("exit needs a status") }
+            guard Self.exitStatuses.contains(status) else { throw bad("exit=\(status) is not an exit status in 0...255") }
             action = .exit(status: status)
         case let name where value != nil && ["drop", "corrupt", "fail", "kill"].contains(name):
             throw bad("\(name) takes no value")
@@ -112,7 +120,11 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
             switch pair[0] {
             case "rank": rank = try count()
             case "call": call = try count()
-            case "group": group = pair[1]
+            case "group":
+                guard Self.isLibraryGroupName(pair[1]) else {
+                    throw bad("unknown group '\(pair[1])' (use world, or tpN, spN or dpN as ParallelState names its groups)")
+                }
+                group = pair[1]
             default: throw bad("unknown key '\(pair[0])'")
             }
         }
@@ -120,6 +132,24 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
         self.rank = rank
         self.call = call
         self.group = group
+    }
+
+    /// The statuses ``Action/exit(status:)`` takes: those a process can exit with.
+    static let exitStatuses: ClosedRange<Int32> = 0...255
+
+    /// Whether `name` is one the library gives its groups: `world`, `tpN`, `spN` or `dpN`.
+    static func isLibraryGroupName(_ name: String) -> Bool {
+        name == "world" || libraryGroupIndex(name) != nil
+    }
+
+    /// N of a group named `tpN`, `spN` or `dpN` (decimal, no sign or leading zero), else `nil`.
+    static func libraryGroupIndex(_ name: String) -> Int? {
+        guard ["tp", "sp", "dp"].contains(where: name.hasPrefix) else { return nil }
+        let digits = name.dropFirst(2)
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber),
+            digits == "0" || !digits.hasPrefix("0")
+        else { return nil }
+        return Int(digits)
     }
 
     /// The faults listed in `FVD_FAULTS`, separated by commas (none when unset or empty).
@@ -173,6 +203,26 @@ final class FaultInjectingFactory: ChannelFactory {
     }
 
     func flightRecorder(rank: Int) -> FlightRecorder { inner.flightRecorder(rank: rank) }
+
+    /// Throws if a fault names a group `tpN`, `spN` or `dpN` that `layout` does not have,
+    /// or one its rank is not a member of: it would never fire. `ranks` are the world ranks
+    /// of the layout's positions 0..<worldSize.
+    func checkGroups(of layout: GroupLayout, ranks: [Int]) throws {
+        let groups = ["tp": layout.tensorParallelGroups, "sp": layout.sequenceParallelGroups, "dp": layout.dataParallelGroups]
+        for fault in faults {
+            let kind = String(fault.group?.prefix(2) ?? "")
+            guard let group = fault.group, let index = Fault.libraryGroupIndex(group), let all = groups[kind] else { continue }
+            let shape = "world \(layout.worldSize) with tp \(layout.tensorParallelSize), sp \(layout.sequenceParallelSize)"
+            guard index < all.count else {
+                throw FVDError.invalidArgument("fault \(fault) names group \(group), but \(shape) has \(kind)0...\(kind)\(all.count - 1)")
+            }
+            let members = all[index].map { ranks[$0] }
+            guard members.contains(fault.rank) || !ranks.contains(fault.rank) else {
+                throw FVDError.invalidArgument(
+                    "fault \(fault) names group \(group), but in \(shape) rank \(fault.rank) is not in \(group) \(members)")
+            }
+        }
+    }
 
     /// The rank-wide number of `rank`'s call that is starting now.
     func nextSequence(of rank: Int) -> Int {

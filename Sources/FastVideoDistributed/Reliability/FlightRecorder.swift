@@ -82,6 +82,8 @@ public final class FlightRecorder: @unchecked Sendable {
     /// The messages of failed calls, by sequence (the last `capacity` at most).
     private let errors = Locked<[Int: String]>([:])
     private let printed = Atomic<Bool>(false)
+    /// Whether this rank has warned that its records could not be written.
+    private let warnedUnwritable = Atomic<Bool>(false)
     /// Wall-clock time minus monotonic time, to turn record times into dates.
     private let wallOffset: Int64
     // Record times are ``TickClock`` readings.
@@ -186,9 +188,21 @@ public final class FlightRecorder: @unchecked Sendable {
     }
 
     /// Writes the records where the environment asked after a collective threw `error`.
+    ///
+    /// When they cannot be written there (the folder is a file, is read-only…), the rank
+    /// says so once, in one `warning:` line on stderr naming the path and the reason; the
+    /// collective's own error is reported as usual.
     func reportFailure(_ error: any Error) {
         if let directory {
-            try? write(toDirectory: directory)
+            do {
+                try write(toDirectory: directory)
+            } catch {
+                if !warnedUnwritable.exchange(true, ordering: .relaxed) {
+                    let reason = (error as? FVDError).map { "\($0)" } ?? error.localizedDescription
+                    StandardStreams.writeError(
+                        "warning: rank \(rank): flight recorder not saved (FVD_FLIGHT_RECORDER_DIR=\(directory)): \(reason)\n")
+                }
+            }
         }
         guard printsOnBreak, (error as? FVDError)?.breaksGroup == true else { return }
         if !printed.exchange(true, ordering: .relaxed) { StandardStreams.writeError(summary(last: 8)) }
@@ -211,10 +225,17 @@ public final class FlightRecorder: @unchecked Sendable {
     /// - Throws: ``FVDError/file(path:problem:)`` when the folder or file cannot be written.
     public func write(toDirectory directory: String) throws {
         let path = "\(directory)/rank\(rank).json"
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw FVDError.file(path: directory, problem: "cannot create the flight recorder folder: \(error.localizedDescription)")
+        // Like `mkdir -p`, with the system's reason when a level cannot be made.
+        var prefix = directory.hasPrefix("/") ? "/" : ""
+        for component in directory.split(separator: "/") {
+            prefix += component
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: prefix, isDirectory: &isDirectory) {
+                guard isDirectory.boolValue else { throw FVDError.file(path: prefix, problem: "is not a folder") }
+            } else if mkdir(prefix, 0o777) != 0, errno != EEXIST {
+                throw FVDError.file(path: prefix, problem: "cannot create the flight recorder folder: \(errnoText(errno))")
+            }
+            prefix += "/"
         }
         try writeFileAtomically(Array(try jsonData()), to: path)
     }

@@ -22,8 +22,17 @@ enum LauncherWatch {
         guard let pid = Int32(text), pid > 1 else {
             throw FVDError.invalidArgument("FVD_LAUNCHER_PID=\(text) is not a process id")
         }
+        // The pidfd and the thread exist before this returns: they belong to the world
+        // from its creation (a leak check that starts after it must not count them).
+        let pidfd = fvd_pidfd_open(pid)
+        if pidfd == -ESRCH {
+            onDeath()
+            throw FVDError.invalidArgument("rank \(rank): its launcher (FVD_LAUNCHER_PID=\(pid)) has already ended")
+        }
+        let started = DispatchSemaphore(value: 0)
         let thread = Thread {
-            fvd_wait_for_process_end(pid)
+            started.signal()
+            fvd_wait_for_process_end(pid, pidfd)
             onDeath()  // first: the message below may meet a closed pipe and SIGPIPE
             StandardStreams.writeError("error: rank \(rank): its launcher (pid \(pid)) died; ending\n")
             _exit(1)
@@ -31,5 +40,6 @@ enum LauncherWatch {
         thread.name = "fvd-launcher-watch"
         thread.stackSize = 64 << 10
         thread.start()
+        started.wait()
     }
 }

@@ -75,14 +75,28 @@ final class TensorStorage: @unchecked Sendable {
 /// would page-fault its memory in on every call (the allocator returns large blocks
 /// to the OS), which costs more than the copy itself. Freed buffers of 64 KiB and
 /// more are kept, up to `FVD_TENSOR_CACHE_MB` MiB in all (default 1024; 0 turns the
-/// cache off), and handed to the next tensor of the same rounded size.
+/// cache off), and handed to the next tensor of the same rounded size. Creating a world
+/// checks the variable: anything but a whole number of MiB from 0 to 2^40 is an error.
 enum StoragePool {
     static let minimumBytes = 64 << 10
     /// The process-wide cache.
-    static let shared = BufferCache(limitBytes: {
-        if let text = getenv("FVD_TENSOR_CACHE_MB"), let mb = Int(String(cString: text)), mb >= 0 { return mb << 20 }
-        return 1 << 30
-    }())
+    static let shared = BufferCache(limitBytes: ((try? limitFromEnvironment()) ?? nil) ?? 1 << 30)
+
+    /// The largest `FVD_TENSOR_CACHE_MB`: 2^40 MiB (an exbibyte), far past any memory.
+    static let maximumMegabytes = 1 << 40
+
+    /// `FVD_TENSOR_CACHE_MB` in bytes, or `nil` when it is unset.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` naming the variable unless it is a whole
+    ///   number of MiB in `0...2^40` (`-5`, `abc`, `1.5` are refused).
+    static func limitFromEnvironment() throws -> Int? {
+        guard let value = getenv("FVD_TENSOR_CACHE_MB") else { return nil }
+        let text = String(cString: value)
+        guard let mb = Int(text.trimmingCharacters(in: .whitespaces)), (0...maximumMegabytes).contains(mb) else {
+            throw FVDError.invalidArgument(
+                "FVD_TENSOR_CACHE_MB=\(text) is not a whole number of MiB from 0 (no cache) to \(maximumMegabytes)")
+        }
+        return mb << 20
+    }
 
     /// The allocation size for `byteCount`: whole pages for pooled sizes.
     static func capacity(for byteCount: Int) -> Int {

@@ -311,12 +311,13 @@ public enum World {
     ///
     /// - Parameters:
     ///   - size: number of ranks, at least 1.
-    ///   - timeout: seconds a collective waits for ranks that have not arrived; default
-    ///     `FVD_TIMEOUT` or 300 (like NCCL's watchdog); `.infinity` waits forever.
+    ///   - timeout: seconds a collective waits for ranks that have not arrived, more than
+    ///     0; default `FVD_TIMEOUT` or 300 (like NCCL's watchdog); `.infinity` (`inf`)
+    ///     waits forever.
     ///   - faults: failures to inject (see ``Fault``); default those in `FVD_FAULTS`, or none.
     /// - Throws: ``FVDError/invalidArgument(_:)`` for a size outside `1...1024`, a
-    ///   negative or NaN timeout, a malformed `FVD_TIMEOUT` or `FVD_FAULTS`, or a fault
-    ///   for a rank outside the world.
+    ///   timeout that is not positive (zero, negative or NaN), a malformed `FVD_TIMEOUT`,
+    ///   `FVD_TENSOR_CACHE_MB` or `FVD_FAULTS`, or a fault for a rank outside the world.
     public static func inProcess(size: Int, timeout: Double? = nil, faults: [Fault]? = nil) throws -> InProcessWorld {
         guard size >= 1 else { throw FVDError.invalidArgument("world size must be at least 1, got \(size)") }
         guard size <= maximumInProcessRanks else {
@@ -326,26 +327,52 @@ public enum World {
             size: size, timeout: try resolvedTimeout(timeout), faults: try resolvedFaults(faults, worldSize: size))
     }
 
-    /// `timeout`, or `FVD_TIMEOUT`, or 300 seconds.
+    /// `timeout`, or `FVD_TIMEOUT`, or 300 seconds; also checks `FVD_TENSOR_CACHE_MB`,
+    /// which every world reads (see ``StoragePool``).
+    ///
+    /// A timeout is a positive number of seconds or infinity (`inf` in the environment:
+    /// no limit); zero is refused, since every collective would then fail at once.
+    /// A set `FVD_TIMEOUT` is checked even when `timeout` overrides it, so that a
+    /// malformed setting is never ignored without a word.
     static func resolvedTimeout(_ timeout: Double?) throws -> Double {
+        _ = try StoragePool.limitFromEnvironment()
+        let fromEnvironment = try secondsFromEnvironment("FVD_TIMEOUT")
         if let timeout {
-            guard timeout >= 0 else {
-                throw FVDError.invalidArgument("timeout must be a non-negative number of seconds, got \(timeout)")
+            guard timeout > 0 else {
+                throw FVDError.invalidArgument("timeout must be a positive number of seconds (or infinity), got \(timeout)")
             }
             return timeout
         }
-        guard let text = ProcessInfo.processInfo.environment["FVD_TIMEOUT"] else { return 300 }
-        guard let seconds = Double(text), seconds >= 0 else {
-            throw FVDError.invalidArgument("FVD_TIMEOUT=\(text) is not a non-negative number of seconds")
+        return fromEnvironment ?? 300
+    }
+
+    /// The seconds in the environment variable `name`, or `nil` when it is unset: a
+    /// positive number, or `inf` for no limit.
+    /// - Throws: ``FVDError/invalidArgument(_:)`` naming the variable for anything else
+    ///   (`abc`, `0`, `-5`, `nan`).
+    static func secondsFromEnvironment(_ name: String) throws -> Double? {
+        guard let text = ProcessInfo.processInfo.environment[name] else { return nil }
+        guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds > 0 else {
+            throw FVDError.invalidArgument("\(name)=\(text) is not a positive number of seconds (or inf for no limit)")
         }
         return seconds
     }
 
-    /// `faults`, or those in `FVD_FAULTS`, checked against the world size.
+    /// `faults`, or those in `FVD_FAULTS`, checked against the world size: the rank, and
+    /// N of a group `tpN`, `spN` or `dpN` (a world of W ranks has at most W groups of each
+    /// kind); an exit status must be one a process can exit with (0...255).
     static func resolvedFaults(_ faults: [Fault]?, worldSize: Int) throws -> [Fault] {
         let faults = try faults ?? Fault.fromEnvironment()
         if let fault = faults.first(where: { $0.rank >= worldSize }) {
             throw FVDError.invalidArgument("fault \(fault) names rank \(fault.rank) of a world of \(worldSize)")
+        }
+        for fault in faults {
+            if case .exit(let status) = fault.action, !Fault.exitStatuses.contains(status) {
+                throw FVDError.invalidArgument("fault \(fault): exit=\(status) is not an exit status in 0...255")
+            }
+            if let group = fault.group, let index = Fault.libraryGroupIndex(group), index >= worldSize {
+                throw FVDError.invalidArgument("fault \(fault) names group \(group), which a world of \(worldSize) does not have")
+            }
         }
         return faults
     }

@@ -55,6 +55,11 @@ extension World {
     /// liveness); one that fails inside ``ProcessWorld/run(_:)`` makes them throw
     /// ``FVDError/peerFailed(rank:message:)``.
     ///
+    /// The shared-memory transport joins ranks of this host only: a `MASTER_ADDR` that is
+    /// not this host (loopback, `localhost`, its name or an address of its interfaces) is
+    /// an error, not a wait for ranks that never come; use `mpirun` and the MPI transport
+    /// across hosts. A `MASTER_PORT` that names the segment must be a port number.
+    ///
     /// - Parameters:
     ///   - timeout: seconds a collective waits for ranks that have not arrived;
     ///     default `FVD_TIMEOUT` or 300.
@@ -99,6 +104,7 @@ extension World {
                     rank: 0, size: 1, group: try GroupCoordinator(name: "world", ranks: [0], rank: 0, factory: factory),
                     transport: "single process", failureHook: nil, exitHook: nil)
             } else {
+                try World.checkRendezvous(env)
                 let name = env["FVD_SHM_NAME"] ?? "/fvd-port-\(env["MASTER_PORT"] ?? "29500")"
                 guard name.hasPrefix("/"), name.dropFirst().allSatisfy({ $0 != "/" }), name.count < 200 else {
                     throw FVDError.invalidArgument("FVD_SHM_NAME=\(name) must be '/' followed by a name without '/'")

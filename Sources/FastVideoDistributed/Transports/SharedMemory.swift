@@ -224,11 +224,8 @@ package final class SharedSegment: @unchecked Sendable {
     /// collective timeout and 300 s, since process start-up (and a user's model loading
     /// before it) skews ranks far more than a collective does.
     static func joinTimeout(collectiveTimeout: Double) throws -> Double {
-        guard let text = ProcessInfo.processInfo.environment["FVD_JOIN_TIMEOUT"] else { return max(collectiveTimeout, 300) }
-        guard let seconds = Double(text), seconds >= 0 else {
-            throw FVDError.invalidArgument("FVD_JOIN_TIMEOUT=\(text) is not a non-negative number of seconds")
-        }
-        return seconds
+        // Positive or inf, as FVD_TIMEOUT: 0 would fail every join but a lucky one.
+        try World.secondsFromEnvironment("FVD_JOIN_TIMEOUT") ?? max(collectiveTimeout, 300)
     }
 
     /// Waits until every rank of the world has attached, so that the collective timeout
