@@ -25,6 +25,9 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
     case argumentMismatch(op: String, group: String, ranks: [Int], arguments: [String])
     /// Some ranks did not reach the collective within the timeout; `arrived` are those that did.
     case timeout(op: String, group: String, call: Int, arrived: [Int], missing: [Int], seconds: Double)
+    /// Every rank arrived at the call, but `ranks` then made no progress for `seconds` in
+    /// `phase` (stopped with SIGSTOP, frozen, stuck in a debugger) while the others waited.
+    case stalled(op: String, group: String, call: Int, phase: String, ranks: [Int], seconds: Double)
     /// Another rank failed (its code threw or its collective failed); this rank cannot go on.
     case peerFailed(rank: Int, message: String)
     /// A rank finished or exited while the others still waited for it in a collective.
@@ -71,6 +74,9 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .timeout(op, group, call, arrived, missing, seconds):
             return "\(op) in group \(group) (call #\(call)) timed out after \(formatSeconds(seconds)) s "
                 + "waiting for \(rankList(missing)); \(arrived.isEmpty ? "no rank" : rankList(arrived)) arrived"
+        case let .stalled(op, group, call, phase, ranks, seconds):
+            return "\(op) in group \(group) (call #\(call)) timed out after \(formatSeconds(seconds)) s: \(rankList(ranks)) "
+                + "arrived but made no progress since (\(phase)); stopped or frozen?"
         case let .peerFailed(rank, message):
             return "rank \(rank) failed: \(message)"
         case let .peerExited(rank, op, group):
@@ -95,7 +101,7 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
     /// as opposed to a usage error that every rank saw alike.
     var breaksGroup: Bool {
         switch self {
-        case .timeout, .peerFailed, .peerExited, .concurrentUse, .transportFailure: return true
+        case .timeout, .stalled, .peerFailed, .peerExited, .concurrentUse, .transportFailure: return true
         default: return false
         }
     }

@@ -49,4 +49,21 @@ struct ReliabilityCellTests {
         let prefix = "fvd-\(launcher.processIdentifier)-"
         #expect(listing(URL(fileURLWithPath: "/dev/shm")).filter { $0.hasPrefix(prefix) }.isEmpty)
     }
+
+    @Test("a rank stopped inside a call (SIGSTOP) makes the others throw a stall naming it; the job ends, nothing left")
+    func stalledRank() throws {
+        let marker = UUID().uuidString
+        let fvd = try fvdExecutable()
+        let result = try runFVD(["launch", "-n", "2", "--grace", "1", "--", fvd.path, "selftest", "--timeout", "2"], timeout: 60,
+                                environment: ["FVD_FAULTS": "stall:rank=1:call=28", "FVD_STALL_TEST": marker])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("[r0] error: all_reduce in group world [0, 1] (call #28) timed out after 2 s: rank 1 arrived but made no progress"),
+                "\(result.stderr)")
+        #expect(result.seconds < 20, "\(result.seconds) s")
+        let left = listing(URL(fileURLWithPath: "/proc")).filter { pid in
+            guard Int(pid) != nil, let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+            return environ.split(separator: 0).contains { $0.elementsEqual("FVD_STALL_TEST=\(marker)".utf8) }
+        }
+        #expect(left.isEmpty, "the stopped rank is killed (SIGKILL reaches a stopped process)")
+    }
 }

@@ -4,10 +4,35 @@ import CFVDShims
 /// copy far larger than the cache does not evict it block by block.
 let streamingThresholdBytes = 8 << 20
 
-/// Executes `plan` from `source` into `destination` (streaming stores end with a fence).
-func execute(_ plan: StridedCopy, from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, streaming: Bool) {
+/// A rank inside a call beats (``PeerMemoryChannel/beat()``) after each this many bytes it
+/// copies or reduces, so a copy slower than the timeout is not taken for a stalled rank.
+let heartbeatBytes = 4 << 20
+
+/// Executes `plan` from `source` into `destination` (streaming stores end with a fence);
+/// a large plan beats on `channel` every ``heartbeatBytes``.
+func execute(
+    _ plan: StridedCopy, from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, streaming: Bool,
+    beatingOn channel: (any PeerMemoryChannel)? = nil
+) {
     let flag: Int32 = streaming ? 1 : 0
-    plan.forEachRun { s, d, bytes in fvd_copy(destination + d, source + s, bytes, flag) }
+    if let channel, plan.totalBytes > heartbeatBytes {
+        var sinceBeat = 0
+        plan.forEachRun { s, d, bytes in
+            var offset = 0
+            while offset < bytes {
+                let n = min(bytes - offset, heartbeatBytes)
+                fvd_copy(destination + d + offset, source + s + offset, n, flag)
+                offset += n
+                sinceBeat += n
+                if sinceBeat >= heartbeatBytes {
+                    channel.beat()
+                    sinceBeat = 0
+                }
+            }
+        }
+    } else {
+        plan.forEachRun { s, d, bytes in fvd_copy(destination + d, source + s, bytes, flag) }
+    }
     if streaming { fvd_store_fence() }
 }
 
@@ -24,7 +49,7 @@ func pullFromEveryMember(
     let streaming = totalBytes >= streamingThresholdBytes
     for k in 0..<n {
         let j = (channel.index + k) % n
-        execute(plan(j, channel.index), from: channel.input(of: j), to: destination, streaming: streaming)
+        execute(plan(j, channel.index), from: channel.input(of: j), to: destination, streaming: streaming, beatingOn: channel)
     }
 }
 

@@ -63,16 +63,17 @@ extension GroupCoordinator {
                 return
             }
             guard inPlace else {
-                reduceElements(op, dtype: input.dtype, into: output.storage.pointer, count: input.count, groupSize: size) {
-                    channel.input(of: $0)
-                }
+                reduceElements(
+                    op, dtype: input.dtype, into: output.storage.pointer, count: input.count, groupSize: size, beatingOn: channel
+                ) { channel.input(of: $0) }
                 return
             }
             let ranges = Layout.balancedRanges(count: input.count, parts: size)
             let mine = ranges[rankInGroup]
             if !mine.isEmpty {
                 reduceElements(
-                    op, dtype: input.dtype, into: output.storage.pointer + mine.lowerBound * es, count: mine.count, groupSize: size
+                    op, dtype: input.dtype, into: output.storage.pointer + mine.lowerBound * es, count: mine.count, groupSize: size,
+                    beatingOn: channel
                 ) { channel.input(of: $0) + mine.lowerBound * es }
             }
             channel.post(.reduced, call: call)
@@ -82,7 +83,7 @@ extension GroupCoordinator {
                 let chunk = ranges[j]
                 let plan = StridedCopy.contiguous(
                     srcOffset: chunk.lowerBound * es, dstOffset: chunk.lowerBound * es, bytes: chunk.count * es)
-                execute(plan, from: channel.output(of: j)!, to: output.storage.pointer, streaming: false)
+                execute(plan, from: channel.output(of: j)!, to: output.storage.pointer, streaming: false, beatingOn: channel)
             }
         }
     }
@@ -211,9 +212,9 @@ extension GroupCoordinator {
             let es = input.dtype.byteSize, run = part * inner
             for o in 0..<outer {
                 let offset = (o * full + rankInGroup * part) * inner * es
-                reduceElements(op, dtype: input.dtype, into: output.storage.pointer + o * run * es, count: run, groupSize: size) {
-                    channel.input(of: $0) + offset
-                }
+                reduceElements(
+                    op, dtype: input.dtype, into: output.storage.pointer + o * run * es, count: run, groupSize: size, beatingOn: channel
+                ) { channel.input(of: $0) + offset }
             }
             return output
         }
@@ -287,7 +288,7 @@ extension GroupCoordinator {
         let bytes = target.byteCount
         execute(
             .contiguous(srcOffset: 0, dstOffset: 0, bytes: bytes), from: source, to: target.storage.pointer,
-            streaming: bytes >= streamingThresholdBytes)
+            streaming: bytes >= streamingThresholdBytes, beatingOn: channel)
     }
 
     /// Blocks until every member has called `barrier()`.

@@ -22,15 +22,27 @@ public enum ReduceOp: String, Sendable, CaseIterable, Codable, CustomStringConve
 ///
 /// `destination` may be one of the sources exactly (same address; each tile is read from
 /// every source before it is written), but must not partly overlap any. `groupSize` is also
-/// the divisor of `average`.
+/// the divisor of `average`. With `channel`, it beats there after every ``heartbeatBytes``
+/// of output (a chunk boundary never changes a result: each element is reduced alone).
 func reduceElements(
     _ op: ReduceOp, dtype: DType, into destination: UnsafeMutableRawPointer, count: Int, groupSize: Int,
-    source: (Int) -> UnsafeRawPointer
+    beatingOn channel: (any PeerMemoryChannel)? = nil, source: (Int) -> UnsafeRawPointer
 ) {
     precondition(groupSize > 0)
     withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: groupSize) { buffer in
         for j in 0..<groupSize { buffer.initializeElement(at: j, to: source(j)) }
-        reduceElements(op, dtype: dtype, into: destination, from: UnsafeBufferPointer(buffer), count: count, groupSize: groupSize)
+        let es = dtype.byteSize
+        let chunk = channel == nil ? max(count, 1) : max(heartbeatBytes / es, 1)
+        var start = 0
+        while start < count {
+            let n = min(chunk, count - start)
+            if start > 0 {
+                for j in 0..<groupSize { buffer[j] = source(j) + start * es }
+                channel?.beat()
+            }
+            reduceElements(op, dtype: dtype, into: destination + start * es, from: UnsafeBufferPointer(buffer), count: n, groupSize: groupSize)
+            start += n
+        }
     }
 }
 

@@ -40,6 +40,12 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
         /// The rank's process is killed by `SIGKILL` (no exit hooks). In an in-process
         /// world, the same as ``exit(status:)``.
         case kill
+        /// The rank arrives, then stops inside the call before it reads its peers' data:
+        /// its process stops itself with `SIGSTOP` (as a debugger or `kill -STOP` would);
+        /// in an in-process world its thread waits until the group breaks. Its peers throw
+        /// ``FVDError/stalled(op:group:call:phase:ranks:seconds:)`` naming it after the
+        /// timeout, when they wait for it in a later phase of the call.
+        case stall
     }
 
     /// What happens.
@@ -61,7 +67,7 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// `ACTION:rank=R:call=N[:group=G]`, the form ``init(parsing:)`` reads; ACTION is
-    /// `delay=SECONDS`, `drop`, `corrupt`, `fail`, `exit=STATUS` or `kill`.
+    /// `delay=SECONDS`, `drop`, `corrupt`, `fail`, `exit=STATUS`, `kill` or `stall`.
     public var description: String {
         let action: String
         switch self.action {
@@ -71,6 +77,7 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
         case .fail: action = "fail"
         case .exit(let status): action = "exit=\(status)"
         case .kill: action = "kill"
+        case .stall: action = "stall"
         }
         return "\(action):rank=\(rank):call=\(call)" + (group.map { ":group=\($0)" } ?? "")
     }
@@ -89,7 +96,7 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
         let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         func bad(_ why: String) -> FVDError {
             .invalidArgument("fault '\(text)': \(why); expected ACTION:rank=R:call=N[:group=G] with ACTION one of "
-                + "delay=SECONDS, drop, corrupt, fail, exit=STATUS, kill")
+                + "delay=SECONDS, drop, corrupt, fail, exit=STATUS, kill, stall")
         }
         let head = fields[0].split(separator: "=", maxSplits: 1).map(String.init)
         let value = head.count == 2 ? head[1] : nil
@@ -101,12 +108,13 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
             guard let status = value.flatMap(Int32.init) else { throw bad("exit needs a status") }
             guard Self.exitStatuses.contains(status) else { throw bad("exit=\(status) is not an exit status in 0...255") }
             action = .exit(status: status)
-        case let name where value != nil && ["drop", "corrupt", "fail", "kill"].contains(name):
+        case let name where value != nil && ["drop", "corrupt", "fail", "kill", "stall"].contains(name):
             throw bad("\(name) takes no value")
         case "drop": action = .drop
         case "corrupt": action = .corruptHeader
         case "fail": action = .fail
         case "kill": action = .kill
+        case "stall": action = .stall
         default: throw bad("unknown action '\(fields[0])'")
         }
         var rank: Int?, call: Int?, group: String?
@@ -240,6 +248,8 @@ final class FaultInjectingChannel: PeerMemoryChannel {
     let group: String
     let faults: [Fault]
     let factory: FaultInjectingFactory
+    /// A `stall` fault matched the call just published: stop in ``exchangeData()``.
+    private let stallPending = Atomic<Bool>(false)
 
     init(wrapping inner: any PeerMemoryChannel, group: String, faults: [Fault], factory: FaultInjectingFactory) {
         self.inner = inner
@@ -286,6 +296,8 @@ final class FaultInjectingChannel: PeerMemoryChannel {
             case .kill:
                 if factory.ranksAreProcesses { _ = kill(getpid(), SIGKILL) }
                 throw InjectedExit(rank: rank, op: slot.op.name, group: label)
+            case .stall:
+                stallPending.store(true, ordering: .relaxed)
             }
         }
         // A dropped arrival: as if the message never reached the peers.
@@ -297,8 +309,19 @@ final class FaultInjectingChannel: PeerMemoryChannel {
     func input(of i: Int) -> UnsafeRawPointer { inner.input(of: i) }
     func output(of i: Int) -> UnsafeMutableRawPointer? { inner.output(of: i) }
     func waitArrival(call: Int, op: CollectiveOp) throws { try inner.waitArrival(call: call, op: op) }
-    func exchangeData() throws { try inner.exchangeData() }
+    func exchangeData() throws {
+        if stallPending.exchange(false, ordering: .relaxed) {
+            if factory.ranksAreProcesses { _ = kill(getpid(), SIGSTOP) }
+            // A thread cannot be stopped alone: it waits until its peers give up on it.
+            while true {
+                try inner.checkHealthy()
+                usleep(10_000)
+            }
+        }
+        try inner.exchangeData()
+    }
     func post(_ phase: Phase, call: Int) { inner.post(phase, call: call) }
+    func beat() { inner.beat() }
     func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws { try inner.wait(phase, call: call, op: op) }
     func enter() -> Bool { inner.enter() }
     func leave() { inner.leave() }

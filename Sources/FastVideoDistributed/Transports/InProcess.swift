@@ -194,6 +194,8 @@ final class RegionChannel<World: WaitingWorld & Sendable>: PeerMemoryChannel {
 
     func post(_ phase: Phase, call: Int) { region.post(member: index, phase, call: call, shared: shared) }
 
+    func beat() { _ = fvd_atomic_add_u64(region.heartbeat(index), 1) }
+
     func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws {
         try region.waitFor(phase, call: call, op: op, label: label, members: members, shared: shared, world: world)
     }

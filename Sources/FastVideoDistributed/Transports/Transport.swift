@@ -46,8 +46,11 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     func exchangeData() throws
     /// Marks this rank as having reached `phase` of `call` and wakes waiters.
     func post(_ phase: Phase, call: Int)
-    /// Blocks until every member reached `phase` of `call`; no deadline (the ranks are inside
-    /// the call), so it ends when they finish, fail or exit.
+    /// Tells the peers this rank is making progress inside a call (every few MB of a large
+    /// copy or reduction), so that their ``wait(_:call:op:)`` tells it from a stalled rank.
+    func beat()
+    /// Blocks until every member reached `phase` of `call`, for as long as the missing ones
+    /// make progress (post or ``beat()``); it ends when they finish, fail, exit or stall.
     func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws
     /// Claims this rank's endpoint for one call; `false` if another thread holds it
     /// (two coordinators of the same group used at once).
@@ -82,6 +85,8 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
 
 extension PeerMemoryChannel {
     func exchangeData() throws {}
+
+    func beat() {}
 
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool {
         false

@@ -25,8 +25,9 @@ enum Phase: Int {
 ///
 /// Layout: line 0 holds the wake sequence (u32 at 0) and the sleeper count (u32 at 4);
 /// line `1 + i` member `i`'s progress (u64 at 0: `(call + 1) × 4 + phase` of its last
-/// posted phase), its call count (u64 at 8: calls it has started) and its busy flag (u64
-/// at 16); then the slots,
+/// posted phase), its call count (u64 at 8: calls it has started), its busy flag (u64
+/// at 16) and its heartbeat (u64 at 24: bumped while it copies or reduces large data);
+/// then the slots,
 /// member `i`'s for parity `p` at `slotsOffset + (2i + p) × CallSlot.byteCount`.
 ///
 /// Invariant: `base` points to ``byteCount(members:)`` zeroed bytes that live as long as
@@ -70,6 +71,17 @@ final class GroupRegion: @unchecked Sendable {
     func progress(_ i: Int) -> UnsafeMutablePointer<UInt64> {
         (base + (i + 1) * Self.line).assumingMemoryBound(to: UInt64.self)
     }
+    /// Member `i`'s heartbeat: bumped every few MB of a large copy or reduction, so that
+    /// its peers can tell a slow member (it beats) from a stalled one (it does not).
+    func heartbeat(_ i: Int) -> UnsafeMutablePointer<UInt64> {
+        (base + (i + 1) * Self.line + 24).assumingMemoryBound(to: UInt64.self)
+    }
+
+    /// The progress and heartbeat words of `members` (indices), which change while they work.
+    func activity(of members: [Int]) -> [UInt64] {
+        members.flatMap { [fvd_atomic_load_u64(progress($0)), fvd_atomic_load_u64(heartbeat($0))] }
+    }
+
     /// Member `i`'s count of started calls; written only by member `i`.
     func callCount(_ i: Int) -> UnsafeMutablePointer<UInt64> {
         (base + (i + 1) * Self.line + 8).assumingMemoryBound(to: UInt64.self)
@@ -256,17 +268,50 @@ extension GroupRegion {
     /// Blocks until every member arrived at `call` (`phase` nil) or reached `phase` of it,
     /// for ``PeerMemoryChannel/waitArrival(call:op:)`` and ``PeerMemoryChannel/wait(_:call:op:)``.
     ///
-    /// Only the arrival has a deadline: later phases wait for ranks that are already inside
-    /// the call. Throws the world's abort error, ``FVDError/peerExited(rank:op:group:)`` for
-    /// a member that left while still missing, or ``FVDError/timeout(op:group:call:arrived:missing:seconds:)``.
+    /// The arrival has a deadline: the timeout. A later phase waits for ranks already
+    /// inside the call, for as long as they make progress: it throws only when a missing
+    /// member's progress and heartbeat words stayed the same for a whole timeout (a copy
+    /// slower than the timeout goes on while it beats). Throws the world's abort error,
+    /// ``FVDError/peerExited(rank:op:group:)`` for a member that left while still missing,
+    /// ``FVDError/timeout(op:group:call:arrived:missing:seconds:)`` at the arrival, or
+    /// ``FVDError/stalled(op:group:call:phase:ranks:seconds:)`` in a later phase.
     func waitFor(
         _ phase: Phase?, call: Int, op: CollectiveOp, label: String, members: [Int], shared: Bool, world: some WaitingWorld
     ) throws {
         let target = phase.map { Self.target(call: call, phase: $0) } ?? 0
         let condition = { phase == nil ? self.allArrived(call: call) : self.allReached(target) }
-        let reached = try wait(
-            until: condition, spin: world.spin, shared: shared, timeout: phase == nil ? world.timeoutNanoseconds : .max
-        ) {
+        var activity = phase == nil ? [] : self.activity(of: missing(call: call, phase: phase))
+        while true {
+            if try waitOnce(phase, call: call, op: op, label: label, members: members, shared: shared, world: world, condition) {
+                return
+            }
+            guard let phase else { break }
+            let missing = self.missing(call: call, phase: phase)
+            let now = self.activity(of: missing)
+            if now == activity {
+                let error = FVDError.stalled(
+                    op: op.name, group: label, call: call, phase: phase.activity, ranks: missing.map { members[$0] },
+                    seconds: Double(world.timeoutNanoseconds) / 1e9)
+                world.abort(error, tellPeers: true)
+                throw error
+            }
+            activity = now  // slow, not stalled: another timeout from here
+        }
+        let missing = self.missing(call: call, phase: phase).map { members[$0] }
+        let error = FVDError.timeout(
+            op: op.name, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
+            seconds: Double(world.timeoutNanoseconds) / 1e9)
+        world.abort(error, tellPeers: true)
+        throw error
+    }
+
+    /// One wait of ``waitFor(_:call:op:label:members:shared:world:)``, up to the timeout;
+    /// false when it passed.
+    private func waitOnce(
+        _ phase: Phase?, call: Int, op: CollectiveOp, label: String, members: [Int], shared: Bool, world: some WaitingWorld,
+        _ condition: () -> Bool
+    ) throws -> Bool {
+        try wait(until: condition, spin: world.spin, shared: shared, timeout: world.timeoutNanoseconds) {
             if let error = world.abortError { throw error }
             // Read who left first: a rank's last posts come before it leaves, so one that
             // posted and then left is not mistaken for a missing one.
@@ -280,13 +325,15 @@ extension GroupRegion {
                 throw error
             }
         }
-        if !reached {
-            let missing = self.missing(call: call, phase: phase).map { members[$0] }
-            let error = FVDError.timeout(
-                op: op.name, group: label, call: call, arrived: members.filter { !missing.contains($0) }, missing: missing,
-                seconds: Double(world.timeoutNanoseconds) / 1e9)
-            world.abort(error, tellPeers: true)
-            throw error
+    }
+}
+
+extension Phase {
+    /// What a member that has not reached this phase is doing, for error messages.
+    var activity: String {
+        switch self {
+        case .reduced: "reducing its share, phase 'reduced'"
+        case .done: "reading its peers' data, phase 'done'"
         }
     }
 }
