@@ -92,6 +92,9 @@ struct MPITests {
             (["--fault", "kill:rank=1:call=10"], 0, ""),
             (["--fault", "delay=6:rank=1:call=4", "--timeout", "2"], 2,
              "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 2 s waiting for rank 1; ranks 0, 2 arrived"),
+            // A rank that leaves its run (exit status 0) sends an exit notice before MPI_Finalize:
+            // its peers name it at once, not at the 300 s timeout.
+            (["--fault", "exit=0:rank=1:call=10"], 1, "rank 1 exited while the others waited for it in all_gather in group world [0, 1, 2]"),
             (["--fault", "drop:rank=1:call=4", "--timeout", "2"], 2,
              "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 2 s waiting for rank 1; ranks 0, 2 arrived"),
         ] as [([String], Int, String)])

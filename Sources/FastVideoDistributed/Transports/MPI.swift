@@ -65,6 +65,12 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
 
     /// Ends MPI for this process: `MPI_Finalize` after a clean run, `MPI_Abort` (which
     /// ends every rank of the job) after a failure that peers may still be waiting on.
+    ///
+    /// Before `MPI_Finalize`, the rank sends each member of each of its groups an exit
+    /// notice (one byte, ``exitNoticeTag``, on the group's communicator, after every call
+    /// header it sent there, so MPI's ordering delivers those first): a peer still waiting
+    /// for this rank's call header sees it and throws ``FVDError/peerExited(rank:op:group:)``
+    /// at once, as on the other transports, instead of at the timeout.
     func finish(failed: Bool) {
         var finalized: Int32 = 0
         MPI_Finalized(&finalized)
@@ -72,8 +78,30 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         if failed || abortError != nil {
             MPI_Abort(fvd_mpi_comm_world(), 1)
         } else {
+            var notice: UInt8 = 1
+            // Links share their group's communicator: one notice per group and member.
+            for group in groups.withLock({ Array($0.values) }) where group.tags == MPIGroupState.groupTags {
+                for j in group.members.indices where j != group.index {
+                    var request = fvd_mpi_request_null()
+                    if MPI_Isend(&notice, 1, fvd_mpi_byte(), group.commRanks[j], Self.exitNoticeTag, group.comm, &request)
+                        == fvd_mpi_success()
+                    {
+                        MPI_Request_free(&request)
+                    }
+                }
+            }
             MPI_Finalize()
         }
+    }
+
+    /// The tag of the exit notice (``finish(failed:)``), beyond every call header's.
+    static let exitNoticeTag: Int32 = 32_001
+
+    /// Whether the member at `commRank` of `comm` has sent its exit notice (it left its `run`).
+    static func hasExited(_ commRank: Int32, on comm: MPI_Comm) -> Bool {
+        var flag: Int32 = 0
+        var status = MPI_Status()
+        return MPI_Iprobe(commRank, exitNoticeTag, comm, &flag, &status) == fvd_mpi_success() && flag != 0
     }
 
     /// A communicator for the group, created by its members only (`MPI_Comm_create_group`).
@@ -339,6 +367,17 @@ final class MPIChannel: PeerMemoryChannel {
             }
             if pending.isEmpty && sent { break }
             let waited = DispatchTime.now().uptimeNanoseconds &- start
+            // A member still missing after a millisecond may have left its run: look for its
+            // notice, which comes after every header it sent here, so its header is not in flight.
+            if waited > 1_000_000, let gone = pending.first(where: { MPIWorldState.hasExited(group.commRanks[$0], on: group.comm) }) {
+                var done: Int32 = 0
+                try mpiCheck(MPI_Test(&receives[gone], &done, &statuses[gone]), "MPI_Test")
+                if done == 0 {
+                    for j in pending { MPI_Cancel(&receives[j]) }
+                    throw FVDError.peerExited(rank: members[gone], op: op.name, group: label)
+                }
+                continue
+            }
             if waited >= world.timeoutNanoseconds {
                 for j in pending { MPI_Cancel(&receives[j]) }
                 let missing = (pending + (sent ? [] : [index])).sorted().map { members[$0] }
