@@ -114,14 +114,6 @@ private func segments(ofLauncher pid: Int32) -> [String] {
     listing(URL(fileURLWithPath: "/dev/shm")).filter { $0.hasPrefix("fvd-\(pid)-") }
 }
 
-/// Processes whose environment contains `marker` (ranks or launchers of one run).
-private func processes(marked marker: String) -> [String] {
-    listing(URL(fileURLWithPath: "/proc")).filter { pid in
-        guard Int(pid) != nil, let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
-        return environ.split(separator: 0).contains { $0.elementsEqual(marker.utf8) }
-    }
-}
-
 @Suite("Failure matrix: every failure ends with a clear error on every rank, in bounded time, leaving nothing behind", .serialized)
 struct FailureMatrixTests {
     @Test(arguments: MatrixTransport.allCases, failureCells)

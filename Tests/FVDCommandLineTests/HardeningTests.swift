@@ -19,25 +19,6 @@ private func runShell(_ script: String, timeout: Double = 60) throws -> ProcessR
     try runProgram(URL(fileURLWithPath: "/bin/sh"), ["-c", script], timeout: timeout, environment: ["FVD": try fvdExecutable().path])
 }
 
-/// The pids of processes whose command line has `argument` as one of its words.
-private func processes(withArgument argument: String) -> [Int32] {
-    let proc = URL(fileURLWithPath: "/proc")
-    return listing(proc).compactMap { entry -> Int32? in
-        guard let pid = Int32(entry), let data = try? Data(contentsOf: proc.appendingPathComponent("\(entry)/cmdline")) else { return nil }
-        return data.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == argument } ? pid : nil
-    }
-}
-
-/// Waits up to `seconds` for the processes with `argument` on their command line to end; returns those left.
-private func leftovers(withArgument argument: String, within seconds: Double = 3) -> [Int32] {
-    let deadline = Date().addingTimeInterval(seconds)
-    while true {
-        let left = processes(withArgument: argument)
-        if left.isEmpty || Date() > deadline { return left }
-        usleep(20_000)
-    }
-}
-
 /// A tiny bench run's arguments; `iterations` makes the processes findable.
 private func tinyBench(iterations: Int = 1, _ extra: [String] = []) -> [String] {
     ["bench", "-b", "8", "-e", "8", "--op", "barrier", "--warmup", "0", "--iters", "\(iterations)"] + extra

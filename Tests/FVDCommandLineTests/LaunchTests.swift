@@ -12,28 +12,6 @@ import Glibc
 /// A number for `sleep` that no other test uses, so its processes can be found in /proc.
 private func uniqueSleep() -> String { "29.\(Int.random(in: 100_000...999_999))" }
 
-/// The pids of processes whose command line has `argument` as one of its words.
-private func processes(withArgument argument: String) -> [Int32] {
-    let proc = URL(fileURLWithPath: "/proc")
-    return listing(proc).compactMap { entry -> Int32? in
-        guard let pid = Int32(entry),
-              let data = try? Data(contentsOf: proc.appendingPathComponent("\(entry)/cmdline"))
-        else { return nil }
-        return data.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == argument } ? pid : nil
-    }
-}
-
-/// Waits up to `seconds` for every process with `argument` on its command line to be gone;
-/// returns the ones left.
-private func leftovers(withArgument argument: String, within seconds: Double = 2) -> [Int32] {
-    let deadline = Date().addingTimeInterval(seconds)
-    while true {
-        let left = processes(withArgument: argument)
-        if left.isEmpty || Date() > deadline { return left }
-        usleep(20_000)
-    }
-}
-
 /// Whether `/dev/shm/<name>` exists.
 private func shmExists(_ name: String) -> Bool {
     FileManager.default.fileExists(atPath: "/dev/shm/\(name)")

@@ -7,46 +7,11 @@ import Testing
 // Issue 19, "ways a user's command ends badly": options, environment variables and
 // signals that must end with one `error:` line, a non-zero status and nothing left behind.
 
-/// Starts `fvd arguments…`, calls `whileRunning` with its process id once `ready` is
-/// true (checked every 2 ms; never if the process ends first), and returns how it ended.
+/// ``runProgram(_:_:timeout:environment:when:_:)`` of fvd.
 private func runFVD(
     _ arguments: [String], timeout: Double = 60, when ready: () -> Bool, _ whileRunning: (pid_t) -> Void
 ) throws -> (ran: Bool, result: ProcessResult) {
-    let process = Process()
-    process.executableURL = try fvdExecutable()
-    process.arguments = arguments
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    let start = Date()
-    try process.run()
-    let outData = Mutexed(Data()), errData = Mutexed(Data())
-    let readers = DispatchGroup()
-    for (pipe, box) in [(out, outData), (err, errData)] {
-        readers.enter()
-        DispatchQueue.global().async {
-            box.set(pipe.fileHandleForReading.readDataToEndOfFile())
-            readers.leave()
-        }
-    }
-    let deadline = Date().addingTimeInterval(timeout)
-    var ran = false
-    while process.isRunning, Date() < deadline {
-        if !ran, ready() {
-            whileRunning(process.processIdentifier)
-            ran = true
-        }
-        usleep(2_000)
-    }
-    if process.isRunning {
-        process.terminate()
-        Issue.record("fvd \(arguments.joined(separator: " ")) ran longer than \(timeout) s and was killed")
-    }
-    process.waitUntilExit()
-    readers.wait()
-    return (ran, ProcessResult(
-        pid: process.processIdentifier, status: process.terminationStatus, stdout: String(decoding: outData.get(), as: UTF8.self),
-        stderr: String(decoding: errData.get(), as: UTF8.self), seconds: Date().timeIntervalSince(start)))
+    try runProgram(try fvdExecutable(), arguments, timeout: timeout, when: ready, whileRunning)
 }
 
 /// A fresh input folder with `world` rank files of `count` float32 ones, and an output folder.

@@ -35,6 +35,16 @@ func runFVD(_ arguments: [String], timeout: Double = 60, environment: [String: S
 func runProgram(
     _ executable: URL, _ arguments: [String], timeout: Double = 60, environment: [String: String] = [:]
 ) throws -> ProcessResult {
+    try runProgram(executable, arguments, timeout: timeout, environment: environment, when: { false }, { _ in }).result
+}
+
+/// Runs `executable arguments…`, calls `whileRunning` with its process id once `ready` is
+/// true (checked every 2 ms; never if the process ends first), and returns whether it did
+/// and how the process ended; kills it and records a test failure after `timeout` seconds.
+func runProgram(
+    _ executable: URL, _ arguments: [String], timeout: Double = 60, environment: [String: String] = [:],
+    when ready: () -> Bool, _ whileRunning: (pid_t) -> Void
+) throws -> (ran: Bool, result: ProcessResult) {
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
@@ -57,16 +67,51 @@ func runProgram(
         }
     }
     let deadline = Date().addingTimeInterval(timeout)
-    while process.isRunning, Date() < deadline { usleep(2_000) }
+    var ran = false
+    while process.isRunning, Date() < deadline {
+        if !ran, ready() {
+            whileRunning(process.processIdentifier)
+            ran = true
+        }
+        usleep(2_000)
+    }
     if process.isRunning {
         process.terminate()
         Issue.record("\(executable.lastPathComponent) \(arguments.joined(separator: " ")) ran longer than \(timeout) s and was killed")
     }
     process.waitUntilExit()
     readers.wait()
-    return ProcessResult(
+    return (ran, ProcessResult(
         pid: process.processIdentifier, status: process.terminationStatus, stdout: String(decoding: outData.get(), as: UTF8.self),
-        stderr: String(decoding: errData.get(), as: UTF8.self), seconds: Date().timeIntervalSince(start))
+        stderr: String(decoding: errData.get(), as: UTF8.self), seconds: Date().timeIntervalSince(start)))
+}
+
+/// The pids of processes whose command line has `argument` as one of its words.
+func processes(withArgument argument: String) -> [Int32] {
+    let proc = URL(fileURLWithPath: "/proc")
+    return listing(proc).compactMap { entry -> Int32? in
+        guard let pid = Int32(entry), let data = try? Data(contentsOf: proc.appendingPathComponent("\(entry)/cmdline")) else { return nil }
+        return data.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == argument } ? pid : nil
+    }
+}
+
+/// Processes whose environment contains `marker` (ranks or launchers of one run).
+func processes(marked marker: String) -> [String] {
+    listing(URL(fileURLWithPath: "/proc")).filter { pid in
+        guard Int(pid) != nil, let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+        return environ.split(separator: 0).contains { $0.elementsEqual(marker.utf8) }
+    }
+}
+
+/// Waits up to `seconds` for every process with `argument` on its command line to be gone;
+/// returns the ones left.
+func leftovers(withArgument argument: String, within seconds: Double = 3) -> [Int32] {
+    let deadline = Date().addingTimeInterval(seconds)
+    while true {
+        let left = processes(withArgument: argument)
+        if left.isEmpty || Date() > deadline { return left }
+        usleep(20_000)
+    }
 }
 
 /// A value shared between the reader threads and the test.

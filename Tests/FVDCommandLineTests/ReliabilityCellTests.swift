@@ -9,15 +9,6 @@ import Glibc
 // stalled inside a call. Each must end every surviving process, in bounded time, with
 // nothing left in /dev/shm.
 
-/// The pids of processes whose command line has `argument` as one of its words.
-private func processes(withArgument argument: String) -> [Int32] {
-    let proc = URL(fileURLWithPath: "/proc")
-    return listing(proc).compactMap { entry -> Int32? in
-        guard let pid = Int32(entry), let data = try? Data(contentsOf: proc.appendingPathComponent("\(entry)/cmdline")) else { return nil }
-        return data.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == argument } ? pid : nil
-    }
-}
-
 /// Waits up to `seconds` until `condition` holds; returns whether it did.
 private func eventually(within seconds: Double, _ condition: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
@@ -60,10 +51,7 @@ struct ReliabilityCellTests {
         #expect(result.stderr.contains("[r0] error: all_reduce in group world [0, 1] (call #28) timed out after 2 s: rank 1 arrived but made no progress"),
                 "\(result.stderr)")
         #expect(result.seconds < 20, "\(result.seconds) s")
-        let left = listing(URL(fileURLWithPath: "/proc")).filter { pid in
-            guard Int(pid) != nil, let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
-            return environ.split(separator: 0).contains { $0.elementsEqual("FVD_STALL_TEST=\(marker)".utf8) }
-        }
+        let left = processes(marked: "FVD_STALL_TEST=\(marker)")
         #expect(left.isEmpty, "the stopped rank is killed (SIGKILL reaches a stopped process)")
     }
 }
