@@ -278,11 +278,9 @@ extension GroupRegion {
     func waitFor(
         _ phase: Phase?, call: Int, op: CollectiveOp, label: String, members: [Int], shared: Bool, world: some WaitingWorld
     ) throws {
-        let target = phase.map { Self.target(call: call, phase: $0) } ?? 0
-        let condition = { phase == nil ? self.allArrived(call: call) : self.allReached(target) }
         var activity = phase == nil ? [] : self.activity(of: missing(call: call, phase: phase))
         while true {
-            if try waitOnce(phase, call: call, op: op, label: label, members: members, shared: shared, world: world, condition) {
+            if try waitOnce(phase, call: call, op: op, label: label, members: members, shared: shared, world: world) {
                 return
             }
             guard let phase else { break }
@@ -307,11 +305,16 @@ extension GroupRegion {
 
     /// One wait of ``waitFor(_:call:op:label:members:shared:world:)``, up to the timeout;
     /// false when it passed.
+    /// (The condition is a closure literal here: one kept in a variable may be allocated.)
+    @inline(__always)
     private func waitOnce(
-        _ phase: Phase?, call: Int, op: CollectiveOp, label: String, members: [Int], shared: Bool, world: some WaitingWorld,
-        _ condition: () -> Bool
+        _ phase: Phase?, call: Int, op: CollectiveOp, label: String, members: [Int], shared: Bool, world: some WaitingWorld
     ) throws -> Bool {
-        try wait(until: condition, spin: world.spin, shared: shared, timeout: world.timeoutNanoseconds) {
+        let target = phase.map { Self.target(call: call, phase: $0) } ?? 0
+        return try wait(
+            until: { phase == nil ? self.allArrived(call: call) : self.allReached(target) }, spin: world.spin, shared: shared,
+            timeout: world.timeoutNanoseconds
+        ) {
             if let error = world.abortError { throw error }
             // Read who left first: a rank's last posts come before it leaves, so one that
             // posted and then left is not mistaken for a missing one.
