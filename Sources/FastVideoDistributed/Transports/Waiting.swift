@@ -77,9 +77,12 @@ final class GroupRegion: @unchecked Sendable {
         (base + (i + 1) * Self.line + 24).assumingMemoryBound(to: UInt64.self)
     }
 
-    /// The progress and heartbeat words of `members` (indices), which change while they work.
-    func activity(of members: [Int]) -> [UInt64] {
-        members.flatMap { [fvd_atomic_load_u64(progress($0)), fvd_atomic_load_u64(heartbeat($0))] }
+    /// The sum of every member's progress and heartbeat words: both only grow, so the sum
+    /// changes whenever any member posts a phase or beats (a waiting member does neither).
+    func activity() -> UInt64 {
+        var sum: UInt64 = 0
+        for i in 0..<memberCount { sum &+= fvd_atomic_load_u64(progress(i)) &+ fvd_atomic_load_u64(heartbeat(i)) }
+        return sum
     }
 
     /// Member `i`'s count of started calls; written only by member `i`.
@@ -278,14 +281,14 @@ extension GroupRegion {
     func waitFor(
         _ phase: Phase?, call: Int, op: CollectiveOp, label: String, members: [Int], shared: Bool, world: some WaitingWorld
     ) throws {
-        var activity = phase == nil ? [] : self.activity(of: missing(call: call, phase: phase))
+        var activity = phase == nil ? 0 : self.activity()  // the arrival is timed, not watched for progress
         while true {
             if try waitOnce(phase, call: call, op: op, label: label, members: members, shared: shared, world: world) {
                 return
             }
             guard let phase else { break }
             let missing = self.missing(call: call, phase: phase)
-            let now = self.activity(of: missing)
+            let now = self.activity()
             if now == activity {
                 let error = FVDError.stalled(
                     op: op.name, group: label, call: call, phase: phase.activity, ranks: missing.map { members[$0] },
