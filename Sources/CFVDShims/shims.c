@@ -134,3 +134,19 @@ void fvd_wait_for_process_end(int pid, int pidfd) {
     }
     while (kill((pid_t)pid, 0) == 0 || errno != ESRCH) usleep(100000);
 }
+
+uint64_t fvd_hash_bytes(const void *bytes, size_t n, uint64_t seed) {
+    const unsigned char *p = bytes;
+    uint64_t h = seed ^ 0x9E3779B97F4A7C15ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 29;
+    }
+    uint64_t tail = (uint64_t)n << 56;
+    for (; i < n; i++) tail ^= (uint64_t)p[i] << (8 * (i & 7));
+    h = (h ^ tail) * 0x94D049BB133111EBull;
+    return h ^ (h >> 31);
+}

@@ -36,13 +36,14 @@ public struct FVDCommand: ParsableCommand {
             let message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             let line = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
             writeError("error: \(line) (see --help)\n")
-            Foundation.exit(code.rawValue)
+            exitChecking(code.rawValue)
         }
     }
 
     /// Exits with `status`, or with 1 (141 for a closed pipe) when it is 0 but a write to
     /// stdout failed.
     private static func exitChecking(_ status: Int32) -> Never {
+        while processIsEnding.load(ordering: .acquiring) { pause() }  // that thread exits
         fflush(nil)  // what ArgumentParser printed (help) through stdio
         if status == 0, let code = StandardStreams.stdoutError {
             if code == EPIPE { Foundation.exit(141) }

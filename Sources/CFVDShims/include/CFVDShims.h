@@ -100,6 +100,9 @@ int fvd_punch_hole(int fd, int64_t offset, int64_t length);
 /// shm_unlink(name); returns 0 or -errno.
 int fvd_shm_unlink(const char *name);
 
+/// A 64-bit hash of `n` bytes (a multiply-xorshift mix over 8-byte words, the length
+/// folded into the last), different for each `seed`: for comparing results by digest.
+uint64_t fvd_hash_bytes(const void *bytes, size_t n, uint64_t seed);
 /// A pidfd of process `pid` (pidfd_open), or -errno (-ESRCH: it has ended already).
 int fvd_pidfd_open(int pid);
 /// Blocks until process `pid` has ended: polls `pidfd` when it is >= 0 (then closes it),

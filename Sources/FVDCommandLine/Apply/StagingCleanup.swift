@@ -169,6 +169,7 @@ private func endAfterSignal(_ sig: Int32) -> Never {
         raise(sig)
         _exit(128 + sig)
     }
+    processIsEnding.store(true, ordering: .releasing)
     stopChildren(with: sig)
     for folder in folders {
         // A rank may still create a file in it while it is removed: try again.

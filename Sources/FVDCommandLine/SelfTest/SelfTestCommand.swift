@@ -1,4 +1,5 @@
 import ArgumentParser
+import CFVDShims
 import FastVideoDistributed
 import Foundation
 
@@ -143,22 +144,10 @@ struct ResultDigest: Equatable, Codable, Sendable {
     init(_ tensor: Tensor) {
         shape = tensor.shape
         dtype = tensor.dtype
+        // Two differently seeded hashes: equal digests mean equal bytes. In C, so that a
+        // debug or sanitizer build hashes megabytes quickly.
         hashes = tensor.withUnsafeBytes { bytes in
-            // Two different multiply-xorshift mixes over 8-byte words (and a zero-padded tail):
-            // independent enough that equal digests mean equal bytes.
-            var a: UInt64 = 0xcbf2_9ce4_8422_2325, b: UInt64 = 0x9E37_79B9_7F4A_7C15
-            func mix(_ word: UInt64) {
-                a = (a ^ word) &* 0x100_0000_01b3
-                a ^= a >> 31
-                b = (b &+ word) &* 0xBF58_476D_1CE4_E5B9
-                b ^= b >> 29
-            }
-            let words = bytes.count / 8
-            for i in 0..<words { mix(bytes.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)) }
-            var tail: UInt64 = 0
-            for i in (8 * words)..<bytes.count { tail = tail << 8 | UInt64(bytes[i]) }
-            mix(tail ^ UInt64(bytes.count) << 56)
-            return [a, b]
+            [fvd_hash_bytes(bytes.baseAddress, bytes.count, 1), fvd_hash_bytes(bytes.baseAddress, bytes.count, 2)]
         }
     }
 }
