@@ -97,6 +97,12 @@ public enum FVDError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Whether this is ``peerExited(rank:op:group:)``: a peer left, this rank did nothing wrong.
+    var isPeerExit: Bool {
+        if case .peerExited = self { return true }
+        return false
+    }
+
     /// Whether this error means the group can no longer be used (a rank is gone or late),
     /// as opposed to a usage error that every rank saw alike.
     var breaksGroup: Bool {

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 
 /// What a finished `fvd` process left behind.
@@ -78,6 +81,10 @@ func runProgram(
     if process.isRunning {
         process.terminate()
         Issue.record("\(executable.lastPathComponent) \(arguments.joined(separator: " ")) ran longer than \(timeout) s and was killed")
+        // A process that blocks SIGTERM (a hung mpirun does) must not hang the test run.
+        let killBy = Date().addingTimeInterval(5)
+        while process.isRunning, Date() < killBy { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
     process.waitUntilExit()
     readers.wait()

@@ -65,6 +65,10 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
 
     /// Ends MPI for this process: `MPI_Finalize` after a clean run, `MPI_Abort` (which
     /// ends every rank of the job) after a failure that peers may still be waiting on.
+    /// A rank that failed only because a peer left normally (``FVDError/peerExited(rank:op:group:)``)
+    /// finalizes too, with its own exit notices: that peer is inside `MPI_Finalize`, and
+    /// an `MPI_Abort` racing with it can leave `mpirun` hung (Open MPI 4.1) — the
+    /// notices end every other waiter the same way.
     ///
     /// Before `MPI_Finalize`, the rank sends each member of each of its groups an exit
     /// notice (one byte, ``exitNoticeTag``, on the group's communicator, after every call
@@ -75,7 +79,7 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         var finalized: Int32 = 0
         MPI_Finalized(&finalized)
         guard finalized == 0 else { return }
-        if failed || abortError != nil {
+        if failed || !(abortError?.isPeerExit ?? true) {
             MPI_Abort(fvd_mpi_comm_world(), 1)
         } else {
             var notice: UInt8 = 1

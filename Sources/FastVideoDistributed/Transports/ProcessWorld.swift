@@ -190,7 +190,7 @@ extension World {
                 rank: mpi.rank, size: mpi.size, group: group, transport: "MPI",
                 failureHook: { error in
                     StandardStreams.writeError("error: \(error)\n")
-                    mpi.finish(failed: true)
+                    mpi.finish(failed: !((error as? FVDError)?.isPeerExit ?? false))
                 },
                 exitHook: { mpi.finish(failed: false) })
             installExitHook(&state, world)
