@@ -279,11 +279,7 @@ final class FaultInjectingChannel: PeerMemoryChannel {
                 // the group), it stops sleeping and sees their error, as a real slow rank would
                 // at its next wait; the process or thread does not outlive the failed job.
                 let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(timeoutNanoseconds(seconds))
-                let end = overflow ? UInt64.max : sum
-                while case let now = DispatchTime.now().uptimeNanoseconds, now < end {
-                    try inner.checkHealthy()
-                    usleep(UInt32(min(end - now, 10_000_000) / 1000))
-                }
+                try sleepWhileHealthy(until: overflow ? UInt64.max : sum)
             case .drop:
                 dropped = true
             case .corruptHeader:
@@ -313,12 +309,18 @@ final class FaultInjectingChannel: PeerMemoryChannel {
         if stallPending.exchange(false, ordering: .relaxed) {
             if factory.ranksAreProcesses { _ = kill(getpid(), SIGSTOP) }
             // A thread cannot be stopped alone: it waits until its peers give up on it.
-            while true {
-                try inner.checkHealthy()
-                usleep(10_000)
-            }
+            try sleepWhileHealthy(until: .max)
         }
         try inner.exchangeData()
+    }
+
+    /// Sleeps in slices of at most 10 ms until `end` (uptime nanoseconds), throwing the
+    /// world's error as soon as the group breaks (the peers gave up on this rank).
+    private func sleepWhileHealthy(until end: UInt64) throws {
+        while case let now = DispatchTime.now().uptimeNanoseconds, now < end {
+            try inner.checkHealthy()
+            usleep(UInt32(min(end - now, 10_000_000) / 1000))
+        }
     }
     func post(_ phase: Phase, call: Int) { inner.post(phase, call: call) }
     func beat() { inner.beat() }
