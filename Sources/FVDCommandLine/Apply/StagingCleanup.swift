@@ -178,8 +178,9 @@ private func endAfterSignal(_ sig: Int32) -> Never {
         }
     }
     let name = signalName(sig) ?? "signal \(sig)"
-    let line = "error: stopped by \(name); the outputs were left as they were (removed \(folders.sorted().joined(separator: ", ")))\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
+    // Straight to stderr: `writeError` drops other threads' lines from now on.
+    StandardStreams.writeError(
+        "error: stopped by \(name); the outputs were left as they were (removed \(folders.sorted().joined(separator: ", ")))\n")
     _exit(128 + sig)
 }
 
@@ -194,14 +195,6 @@ private func stopChildren(with sig: Int32) {
     }
     for child in children { kill(child, sig) }
     let deadline = Date().addingTimeInterval(10)
-    while Date() < deadline, children.contains(where: { isRunning($0) }) { usleep(10_000) }
+    while Date() < deadline, children.contains(where: { !processIsGone($0) }) { usleep(10_000) }
 }
 
-/// Whether `pid` is a process that has not exited (a zombie has).
-private func isRunning(_ pid: pid_t) -> Bool {
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-        let close = stat.lastIndex(of: ")")
-    else { return false }
-    let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
-    return state != "Z" && state != "X"
-}

@@ -105,7 +105,7 @@ package final class SharedSegment: @unchecked Sendable {
         }
         guard fvd_atomic_cas_u64(controlWord(rank, 0), 0, UInt64(getpid())) != 0 else {
             let owner = pid(of: rank)
-            if !Self.processIsGone(owner) {
+            if !processIsGone(owner) {
                 throw FVDError.invalidArgument(
                     "shared-memory world \(name) is in use: its rank \(rank) is pid \(owner), still running (another job on "
                         + "the same MASTER_PORT, or two ranks with RANK=\(rank)); give each job its own MASTER_PORT or FVD_SHM_NAME")
@@ -193,16 +193,6 @@ package final class SharedSegment: @unchecked Sendable {
                     + "MASTER_PORT (or FVD_SHM_NAME)")
         }
         return .usable
-    }
-
-    /// Whether process `pid` has ended: gone, or a zombie (exited, not yet reaped, which
-    /// still answers `kill(pid, 0)`).
-    static func processIsGone(_ pid: Int32) -> Bool {
-        if kill(pid, 0) != 0 { return errno == ESRCH }
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
     }
 
     /// Waits (yielding) until `condition` holds, at most 10 s: for a step another rank
@@ -323,7 +313,7 @@ package final class SharedSegment: @unchecked Sendable {
     /// Whether `rank`'s process is gone without having said so (killed, crashed).
     func isDead(_ rank: Int) -> Bool {
         let pid = pid(of: rank)
-        return pid > 0 && Self.processIsGone(pid)
+        return pid > 0 && processIsGone(pid)
     }
 
     /// The channel region of group `key` with `members` members: found in the registry,
