@@ -26,6 +26,10 @@ static inline MPI_Datatype fvd_mpi_int16(void) { return MPI_INT16_T; }
 static inline MPI_Datatype fvd_mpi_int32(void) { return MPI_INT32_T; }
 static inline MPI_Datatype fvd_mpi_int64(void) { return MPI_INT64_T; }
 static inline MPI_Datatype fvd_mpi_uint8(void) { return MPI_UINT8_T; }
+static inline int fvd_mpi_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }
+static inline MPI_Info fvd_mpi_info_null(void) { return MPI_INFO_NULL; }
+static inline MPI_Datatype fvd_mpi_int(void) { return MPI_INT; }
+static inline MPI_Op fvd_mpi_land(void) { return MPI_LAND; }
 static inline MPI_Op fvd_mpi_sum(void) { return MPI_SUM; }
 static inline MPI_Op fvd_mpi_prod(void) { return MPI_PROD; }
 static inline MPI_Op fvd_mpi_max(void) { return MPI_MAX; }

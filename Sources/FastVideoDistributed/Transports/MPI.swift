@@ -35,6 +35,8 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
     private let failure = Locked<FVDError?>(nil)
     private let groups = Locked<[String: MPIGroupState]>([:])
     private let recorder: FlightRecorder
+    /// This host's ranks and their shared memory, when this rank shares its host.
+    let host: MPIHost?
 
     /// Whether this process was started by an MPI launcher (or `FVD_TRANSPORT=mpi`).
     static func isLaunchedByMPI(_ environment: [String: String]) -> Bool {
@@ -42,8 +44,9 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
             || environment["PMI_SIZE"] != nil
     }
 
-    /// Initializes MPI (`MPI_Init_thread`, asking for `MPI_THREAD_MULTIPLE`) and makes
-    /// communicators return errors instead of aborting.
+    /// Initializes MPI (`MPI_Init_thread`, asking for `MPI_THREAD_MULTIPLE`), makes
+    /// communicators return errors instead of aborting, and joins this host's ranks
+    /// (``MPIHost``).
     init(timeout: Double) throws {
         var provided: Int32 = 0
         try mpiCheck(MPI_Init_thread(nil, nil, fvd_mpi_thread_multiple(), &provided), "MPI_Init_thread")
@@ -55,13 +58,30 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         self.size = Int(size)
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         recorder = FlightRecorder(rank: Int(rank), directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
+        host = size > 1 ? try MPIHost.join(worldRank: Int(rank), timeout: timeout, recorder: recorder) : nil
     }
 
     func flightRecorder(rank: Int) -> FlightRecorder { recorder }
 
-    var abortError: FVDError? { failure.withLock { $0 } }
+    /// The error that ends this rank's use of the world: its own or, within its host, a
+    /// peer's (failures between hosts end the job with `MPI_Abort`).
+    var abortError: FVDError? { failure.withLock { $0 } ?? host?.shared.abortError }
 
-    func abort(_ error: FVDError) { failure.withLock { if $0 == nil { $0 = error } } }
+    /// Ends this rank's use of the world with `error`, in its groups of both kinds.
+    func abort(_ error: FVDError) {
+        failure.withLock { if $0 == nil { $0 = error } }
+        host?.shared.abort(error, tellPeers: false)
+    }
+
+    /// Tells this host's peers that `error` ended this rank's run (its failure hook), unless
+    /// it is a consequence of another rank's failure or exit, which they see themselves.
+    func recordFailure(_ error: any Error) {
+        guard let host else { return }
+        switch error as? FVDError {
+        case .peerFailed?, .peerExited?: break
+        default: host.shared.abort(.peerFailed(rank: rank, message: String(describing: error)), tellPeers: true)
+        }
+    }
 
     /// Ends MPI for this process: `MPI_Finalize` after a clean run, `MPI_Abort` (which
     /// ends every rank of the job) after a failure that peers may still be waiting on.
@@ -79,6 +99,8 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         var finalized: Int32 = 0
         MPI_Finalized(&finalized)
         guard finalized == 0 else { return }
+        // This host's peers see the exit in the segment before this rank blocks in MPI_Finalize.
+        host?.shared.markExited()
         if failed || !(abortError?.isPeerExit ?? true) {
             MPI_Abort(fvd_mpi_comm_world(), 1)
         } else {
@@ -110,7 +132,8 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
 
     /// A communicator for the group, created by its members only (`MPI_Comm_create_group`).
     func makeChannel(name: String, members: [Int], rank: Int) throws -> any PeerMemoryChannel {
-        try groupChannel(
+        if let host, host.holds(members) { return try host.shared.makeChannel(name: name, members: members, rank: rank) }
+        return try groupChannel(
             name: name, members: members, cache: groups,
             make: { key in
                 MPIGroupState(
@@ -125,6 +148,10 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
     func makePointToPointChannel(group: String, groupMembers: [Int], source: Int, destination: Int, rank: Int) throws
         -> any PeerMemoryChannel
     {
+        if let host, host.holds([source, destination]) {
+            return try host.shared.makePointToPointChannel(
+                group: group, groupMembers: groupMembers, source: source, destination: destination, rank: rank)
+        }
         let parent = try makeChannel(name: group, members: groupMembers, rank: rank)
         guard let parent = parent as? MPIChannel else { throw FVDError.invalidArgument("a group of one has no links") }
         let members = [source, destination].sorted()

@@ -132,10 +132,7 @@ extension World {
                     _ = fvd_shm_unlink(name)
                     throw error
                 }
-                SharedHeap.activate(
-                    SharedHeap(
-                        base: segment.heapBase(of: rank), capacity: segment.heapBytes, fd: segment.fd,
-                        fileOffset: segment.heapBase(of: rank) - segment.base))
+                segment.activateHeap()
                 world = ProcessWorld(
                     rank: rank, size: size, group: group, transport: "shared memory",
                     failureHook: { error in
@@ -189,6 +186,7 @@ extension World {
             let world = ProcessWorld(
                 rank: mpi.rank, size: mpi.size, group: group, transport: "MPI",
                 failureHook: { error in
+                    mpi.recordFailure(error)
                     StandardStreams.writeError("error: \(error)\n")
                     mpi.finish(failed: !((error as? FVDError)?.isPeerExit ?? false))
                 },

@@ -284,6 +284,12 @@ package final class SharedSegment: @unchecked Sendable {
     func setState(_ state: RankState, of rank: Int) { fvd_atomic_store_u32(stateWord(rank), state.rawValue) }
     func pid(of rank: Int) -> Int32 { Int32(truncatingIfNeeded: fvd_atomic_load_u64(controlWord(rank, 0))) }
 
+    /// Makes this process allocate its tensors in its heap of the segment, so that its
+    /// peers read them in place.
+    func activateHeap() {
+        SharedHeap.activate(SharedHeap(base: heapBase(of: rank), capacity: heapBytes, fd: fd, fileOffset: heapBase(of: rank) - base))
+    }
+
     /// The heap of `rank`.
     func heapBase(of rank: Int) -> UnsafeMutableRawPointer { base + heapOffset + rank * heapBytes }
 
@@ -377,10 +383,24 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
     private let groups = Locked<[String: SharedGroupState]>([:])
     private let lastLivenessCheck = Atomic<UInt64>(0)
     private let recorder: FlightRecorder
+    /// The world rank of each of the segment's ranks, when they differ (the ranks of one
+    /// host of an MPI job, ``MPIHost``); `nil` when a segment rank is the world rank.
+    private let worldRanks: [Int]?
+    private let segmentRanks: [Int: Int]
 
-    init(segment: SharedSegment, timeout: Double) {
+    /// - Parameters:
+    ///   - worldRanks: the world rank of each segment rank, for a segment that holds only
+    ///     some ranks of the world (one host's); default: the segment's ranks are the world's.
+    ///   - recorder: the rank's flight recorder, when its world already has one.
+    init(segment: SharedSegment, timeout: Double, worldRanks: [Int]? = nil, recorder: FlightRecorder? = nil) {
         self.segment = segment
-        recorder = FlightRecorder(rank: segment.rank, directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
+        self.worldRanks = worldRanks
+        segmentRanks = Dictionary(uniqueKeysWithValues: (worldRanks ?? []).enumerated().map { ($1, $0) })
+        self.recorder =
+            recorder
+            ?? FlightRecorder(
+                rank: worldRanks?[segment.rank] ?? segment.rank, directory: FlightRecorder.directoryFromEnvironment,
+                printsOnBreak: true)
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         // The online processors, not this process's affinity mask: ranks pinned one per
         // core each see a single CPU. Ranks forced onto one CPU stop spinning by themselves
@@ -401,10 +421,16 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
 
     func flightRecorder(rank: Int) -> FlightRecorder { recorder }
 
+    /// The world rank of segment rank `r`.
+    private func worldRank(_ r: Int) -> Int { worldRanks?[r] ?? r }
+
+    /// This rank's world rank.
+    var rank: Int { worldRank(segment.rank) }
+
     /// The error that ends this rank's use of the world: its own, or a peer's recorded failure.
     var abortError: FVDError? {
         if failedLocally.load(ordering: .acquiring), let local = localFailure.withLock({ $0 }) { return local }
-        if let (rank, message) = segment.failure(), rank != segment.rank { return .peerFailed(rank: rank, message: message) }
+        if let (r, message) = segment.failure(), r != segment.rank { return .peerFailed(rank: worldRank(r), message: message) }
         return nil
     }
 
@@ -414,7 +440,7 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
         localFailure.withLock { if $0 == nil { $0 = error } }
         failedLocally.store(true, ordering: .releasing)
         if tellPeers {
-            if case let .peerFailed(rank, message) = error, rank == segment.rank {
+            if case let .peerFailed(failed, message) = error, failed == rank {
                 segment.recordFailure(message)
             } else {
                 segment.recordFailure(error.description)
@@ -435,7 +461,8 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
         let now = DispatchTime.now().uptimeNanoseconds
         let checkLiveness = now &- lastLivenessCheck.load(ordering: .relaxed) > 20_000_000
         if checkLiveness { lastLivenessCheck.store(now, ordering: .relaxed) }
-        return ranks.filter { r in
+        return ranks.filter { worldRank in
+            guard let r = worldRanks == nil ? worldRank : segmentRanks[worldRank] else { return false }
             switch segment.state(of: r) {
             case .exited, .failed: return true
             case .absent: return false
