@@ -85,6 +85,11 @@ final class MPIHost: Sendable {
         }
         let shared = SharedMemoryWorldState(segment: segment, timeout: timeout, worldRanks: ranks, recorder: recorder)
         segment.activateHeap()
+        if Diagnostics.logs(.debug) {
+            Diagnostics.log(
+                .debug, rank: worldRank,
+                "MPI: world ranks \(ranks.map(String.init).joined(separator: ", ")) share this host through shared memory \(name)")
+        }
         return MPIHost(ranks: ranks, shared: shared)
     }
 }
