@@ -13,23 +13,35 @@ private func mpirun(_ n: Int, _ arguments: [String], timeout: Double = 120, envi
         timeout: timeout, environment: environment.merging(["OMPI_MCA_btl_vader_single_copy_mechanism": "none"]) { $1 })
 }
 
+/// The hosts' shared-memory objects of MPI jobs (``MPIHost``) in /dev/shm now.
+private func hostSegments() -> Set<String> {
+    Set(((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []).filter { $0.hasPrefix("fvd-mpi-") })
+}
+
 /// The lines of `text` that report an error (`error: …`).
 private func errorLines(_ text: String) -> [Substring] { text.split(separator: "\n").filter { $0.hasPrefix("error: ") } }
 
 @Suite("MPI transport, ranks started by mpirun", .serialized)
 struct MPITests {
-    @Test("every collective equals the in-process transport bitwise", arguments: [2, 3, 4])
-    func selftest(worldSize n: Int) throws {
-        let result = try mpirun(n, ["selftest"])
+    /// Turns the host split off: every group sends MPI messages, as between hosts.
+    static let messagesOnly = ["FVD_MPI_SHARED_MEMORY": "0"]
+
+    @Test(
+        "every collective equals the in-process transport bitwise, with the host's ranks sharing memory and with every group over MPI messages",
+        arguments: [(2, false), (3, false), (4, false), (2, true), (3, true)])
+    func selftest(worldSize n: Int, messagesOnly: Bool) throws {
+        let result = try mpirun(n, ["selftest"], environment: messagesOnly ? Self.messagesOnly : [:])
         #expect(result.status == 0, "\(result.stderr)")
         for rank in 0..<n {
             #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): "), "\(result.stdout)")
         }
     }
 
-    @Test("send/recv, tensor dicts, objects, the uneven and grouped-query all-to-all and started collectives equal the in-process transport bitwise at W = 5…8", arguments: 5...8)
-    func pointToPoint(worldSize n: Int) throws {
-        let result = try mpirun(n, ["selftest", "--extras-only"])
+    @Test(
+        "send/recv, tensor dicts, objects, the uneven and grouped-query all-to-all and started collectives equal the in-process transport bitwise at W = 5…8",
+        arguments: [(5, false), (6, false), (7, false), (8, false), (5, true), (8, true)])
+    func pointToPoint(worldSize n: Int, messagesOnly: Bool) throws {
+        let result = try mpirun(n, ["selftest", "--extras-only"], environment: messagesOnly ? Self.messagesOnly : [:])
         #expect(result.status == 0, "\(result.stderr)")
         for rank in 0..<n {
             #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): 33 results equal"), "\(result.stdout)")
@@ -80,7 +92,7 @@ struct MPITests {
     }
 
     @Test(
-        "failures: every rank that sees the cause names it, and the job ends (MPI_Abort) well within the default timeout",
+        "failures: every rank that sees the cause names it, and the job ends (MPI_Abort) well within the default timeout and leaves nothing in /dev/shm, with the host's ranks sharing memory and over messages",
         arguments: [
             (["--mismatch", "shape"], 3,
              "all_reduce in group world [0, 1, 2]: ranks passed different shapes: rank 0 [1, 6, 6, 4], rank 1 [1, 6, 6, 4, 1], rank 2 [1, 6, 6, 4]"),
@@ -88,8 +100,9 @@ struct MPITests {
              "all_gather in group world [0, 1, 2]: ranks passed different arguments: rank 0 (dim=0), rank 1 (dim=1), rank 2 (dim=0)"),
             (["--fault", "corrupt:rank=1:call=4"], 3, "rank 0 all_gather_in_place, rank 1 <corrupt header>, rank 2 all_gather_in_place"),
             (["--fault", "fail:rank=1:call=10"], 1, "injected failure on rank 1 at all_gather in group world [0, 1, 2] (call #10)"),
-            // A killed rank: mpirun ends the job (its peers may be stopped before they print).
-            (["--fault", "kill:rank=1:call=10"], 0, ""),
+            // A killed rank: mpirun ends the job (its peers may be stopped before they print;
+            // its host's peers may see it gone first).
+            (["--fault", "kill:rank=1:call=10"], 0, "rank 1 exited while the others waited for it in all_gather in group world [0, 1, 2]"),
             (["--fault", "delay=6:rank=1:call=4", "--timeout", "2"], 2,
              "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 2 s waiting for rank 1; ranks 0, 2 arrived"),
             // A rank that leaves its run (exit status 0) sends an exit notice before MPI_Finalize:
@@ -99,7 +112,15 @@ struct MPITests {
              "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 2 s waiting for rank 1; ranks 0, 2 arrived"),
         ] as [([String], Int, String)])
     func failures(_ arguments: [String], _ reporters: Int, _ message: String) throws {
-        let result = try mpirun(3, ["selftest"] + arguments, timeout: 60)
+        for environment in [[:], Self.messagesOnly] {
+            try failure(arguments, reporters, message, environment: environment)
+        }
+    }
+
+    private func failure(_ arguments: [String], _ reporters: Int, _ message: String, environment: [String: String]) throws {
+        let before = hostSegments()
+        let result = try mpirun(3, ["selftest"] + arguments, timeout: 60, environment: environment)
+        #expect(hostSegments().subtracting(before).isEmpty, "left in /dev/shm: \(hostSegments().subtracting(before))")
         #expect(result.status != 0)
         #expect(result.seconds < 30, "took \(result.seconds) s")
         // MPI_Abort may stop a rank before it prints; at least `reporters` ranks named the cause.

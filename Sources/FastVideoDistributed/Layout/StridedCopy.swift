@@ -67,6 +67,33 @@ struct StridedCopy: Sendable, Equatable {
         if outerCount == 1 { srcOuterStride = 0; dstOuterStride = 0 }
     }
 
+    /// Whether the runs lie back to back in the source (`source`) or the destination, in
+    /// ``forEachRun(_:)`` order: that side is the one block of ``totalBytes`` at its offset.
+    func isContiguous(atSource source: Bool) -> Bool {
+        let inner = source ? srcInnerStride : dstInnerStride, outer = source ? srcOuterStride : dstOuterStride
+        return (innerCount <= 1 || inner == runBytes) && (outerCount <= 1 || outer == innerCount * runBytes)
+    }
+
+    /// Calls `body(packedOffset, srcOffset, dstOffset, bytes)` for the parts of the runs
+    /// that fall in `range` of the packed stream (the runs laid end to end in
+    /// ``forEachRun(_:)`` order), in order: what one chunk of a packed message holds.
+    func forEachPiece(inPacked range: Range<Int>, _ body: (Int, Int, Int, Int) throws -> Void) rethrows {
+        guard runBytes > 0, !range.isEmpty else { return }
+        var run = range.lowerBound / runBytes
+        var within = range.lowerBound % runBytes
+        var packed = range.lowerBound
+        while packed < range.upperBound, run < outerCount * innerCount {
+            let (o, i) = run.quotientAndRemainder(dividingBy: innerCount)
+            let bytes = min(runBytes - within, range.upperBound - packed)
+            try body(
+                packed, srcOffset + o * srcOuterStride + i * srcInnerStride + within,
+                dstOffset + o * dstOuterStride + i * dstInnerStride + within, bytes)
+            packed += bytes
+            within = 0
+            run += 1
+        }
+    }
+
     /// Calls `body(srcOffset, dstOffset, bytes)` for every run, in order.
     @inlinable
     func forEachRun(_ body: (Int, Int, Int) throws -> Void) rethrows {

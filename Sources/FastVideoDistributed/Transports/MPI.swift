@@ -1,4 +1,5 @@
 #if MPI
+import CFVDShims
 import CMPI
 import Foundation
 import Synchronization
@@ -254,7 +255,7 @@ final class MPIGroupState: @unchecked Sendable {
 /// every member, and receives theirs with a deadline (so a missing rank is named at the
 /// timeout, and a mismatch is found before any more data moves). If the headers agree,
 /// the data that did not travel inline moves as the collective reads it: the
-/// all-gathers' and all-to-all's plans become MPI datatypes of one `MPI_Alltoallw`
+/// all-gathers' and all-to-all's plans become messages of packed, contiguous bytes
 /// (``pullByMessages(into:plan:)``), the all-reduce's chunks an `MPI_Alltoallv` and,
 /// reduced, an `MPI_Allgatherv` at `.reduced`; the root's input an `MPI_Bcast`; the
 /// rest (gather, reduce-scatter) an `MPI_Allgather` of the inputs. Reductions run
@@ -506,11 +507,11 @@ final class MPIChannel: PeerMemoryChannel {
     /// (not `gather`: only its root pulls).
     static let pulledKinds: Set<CollectiveKind> = [.allGather, .allGatherInPlace, .allGatherWithUnpad, .allToAll4D]
 
-    /// One `MPI_Alltoallw` whose per-member datatypes are the copy plans themselves
-    /// (strided vectors of bytes): each byte goes from the sender's input straight into
-    /// the receiver's output, with no packing by this library; `MPI_Allgather` when the
-    /// plans are one contiguous block each, in member order. Nothing when every member's
-    /// input travelled inline (the collective copies from the received slots).
+    /// Moves every member's blocks by messages of contiguous bytes: MPI's own
+    /// `MPI_Allgather` when every plan is one contiguous block and block j lands at j × its
+    /// size; else point-to-point messages (``exchangePacked(from:into:plan:)``). Nothing
+    /// when every member's input travelled inline (the collective copies from the
+    /// received slots).
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy) throws -> Bool {
         let n = members.count, op = slot(of: index).op
         guard Self.pulledKinds.contains(op.kind), (0..<n).contains(where: { !slot(of: $0).isInline }) else { return false }
@@ -532,49 +533,96 @@ final class MPIChannel: PeerMemoryChannel {
                 "MPI_Allgather")
             return true
         }
-        var sendTypes: [MPI_Datatype?] = [], receiveTypes: [MPI_Datatype?] = []
-        defer {
-            for var type in sendTypes + receiveTypes where type != fvd_mpi_byte() { MPI_Type_free(&type) }
-        }
-        var sendCounts = [Int32](repeating: 0, count: n), receiveCounts = sendCounts
-        var sendOffsets = sendCounts, receiveOffsets = sendCounts
-        for k in 0..<n {
-            let out = plan(index, k), into = plan(k, index)
-            let (sendType, sendOffset) = try Self.datatype(out, source: true)
-            let (receiveType, receiveOffset) = try Self.datatype(into, source: false)
-            sendTypes.append(sendType)
-            receiveTypes.append(receiveType)
-            sendCounts[k] = out.totalBytes == 0 ? 0 : 1
-            receiveCounts[k] = into.totalBytes == 0 ? 0 : 1
-            sendOffsets[k] = sendOffset
-            receiveOffsets[k] = receiveOffset
-        }
-        try mpiCheck(
-            MPI_Alltoallw(
-                mine, sendCounts, sendOffsets, &sendTypes, destination, receiveCounts, receiveOffsets,
-                &receiveTypes, group.comm),
-            "MPI_Alltoallw")
+        try exchangePacked(from: mine, into: destination, plan: plan)
         return true
     }
 
-    /// `plan`'s runs on its source (or destination) side as an MPI datatype of bytes and
-    /// its byte offset: a vector of `outerCount` vectors of `innerCount` runs.
-    private static func datatype(_ plan: StridedCopy, source: Bool) throws -> (MPI_Datatype?, Int32) {
-        guard plan.totalBytes > 0 else { return (fvd_mpi_byte(), 0) }
-        let offset = try mpiCount(source ? plan.srcOffset : plan.dstOffset, "MPI datatype")
-        var inner: MPI_Datatype?, outer: MPI_Datatype?
-        try mpiCheck(
-            MPI_Type_create_hvector(
-                Int32(plan.innerCount), try mpiCount(plan.runBytes, "MPI datatype"),
-                MPI_Aint(source ? plan.srcInnerStride : plan.dstInnerStride), fvd_mpi_byte(), &inner),
-            "MPI_Type_create_hvector")
-        defer { MPI_Type_free(&inner) }
-        try mpiCheck(
-            MPI_Type_create_hvector(
-                Int32(plan.outerCount), 1, MPI_Aint(source ? plan.srcOuterStride : plan.dstOuterStride), inner, &outer),
-            "MPI_Type_create_hvector")
-        try mpiCheck(MPI_Type_commit(&outer), "MPI_Type_commit")
-        return (outer, offset)
+    /// Packed messages travel in chunks of this many bytes, so that packing the next chunk
+    /// overlaps sending the last one, and unpacking one overlaps receiving the next.
+    static let chunkBytes = 1 << 20
+    /// The tag of a collective's data messages (``exchangePacked(from:into:plan:)``).
+    static let collectiveDataTag: Int32 = 32_002
+
+    /// Sends `plan(this rank, k)` to every member k and receives `plan(k, this rank)` from
+    /// each, as messages of contiguous bytes in ``chunkBytes`` chunks: never a strided MPI
+    /// datatype, which Open MPI packs and unpacks itself, slowly.
+    ///
+    /// Every receive is posted first: straight into the output where the block is
+    /// contiguous there (the all-to-all (2,1) with B = 1, any all-gather along the
+    /// outermost dimension), else into staging. Then each block is sent straight from the
+    /// input when contiguous there, else packed chunk by chunk with the library's copy,
+    /// each chunk sent as soon as it is packed; this rank's own block is copied while the
+    /// sends travel, and staged blocks are unpacked chunk by chunk as they arrive. Both
+    /// ends walk the same plan, so the packed order needs no description on the wire;
+    /// MPI's non-overtaking order matches the chunks of one sender in order.
+    private func exchangePacked(
+        from mine: UnsafeRawPointer, into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy
+    ) throws {
+        let n = members.count, chunk = Self.chunkBytes
+        func ranges(_ total: Int) -> [Range<Int>] { stride(from: 0, to: total, by: chunk).map { $0..<min(total, $0 + chunk) } }
+        var receives: [MPI_Request?] = [], sends: [MPI_Request?] = []
+        var incoming: [(plan: StridedCopy, staging: TensorStorage?, first: Int)] = []
+        var staged: [TensorStorage] = []  // the packed sends, alive until they completed
+        defer {
+            // After an error: no request may outlive its buffer.
+            for i in receives.indices where receives[i] != fvd_mpi_request_null() { MPI_Cancel(&receives[i]) }
+            if !receives.isEmpty { MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore()) }
+            if !sends.isEmpty { MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore()) }
+            _ = staged
+        }
+        for k in 1..<n {
+            let j = (index - k + n) % n
+            let block = plan(j, index)
+            guard block.totalBytes > 0 else { continue }
+            let staging = block.isContiguous(atSource: false) ? nil : TensorStorage(uninitializedByteCount: block.totalBytes)
+            let base = staging?.pointer ?? destination + block.dstOffset
+            incoming.append((block, staging, receives.count))
+            for range in ranges(block.totalBytes) {
+                var request = fvd_mpi_request_null()
+                try mpiCheck(
+                    MPI_Irecv(
+                        base + range.lowerBound, Int32(range.count), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag,
+                        group.comm, &request),
+                    "MPI_Irecv")
+                receives.append(request)
+            }
+        }
+        for k in 1..<n {
+            let j = (index + k) % n
+            let block = plan(index, j)
+            guard block.totalBytes > 0 else { continue }
+            let staging = block.isContiguous(atSource: true) ? nil : TensorStorage(uninitializedByteCount: block.totalBytes)
+            if let staging { staged.append(staging) }
+            for range in ranges(block.totalBytes) {
+                let start: UnsafeRawPointer
+                if let staging {
+                    block.forEachPiece(inPacked: range) { packed, source, _, bytes in
+                        fvd_copy(staging.pointer + packed, mine + source, bytes, 0)
+                    }
+                    start = UnsafeRawPointer(staging.pointer + range.lowerBound)
+                } else {
+                    start = mine + block.srcOffset + range.lowerBound
+                }
+                var request = fvd_mpi_request_null()
+                try mpiCheck(
+                    MPI_Isend(
+                        start, Int32(range.count), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm,
+                        &request),
+                    "MPI_Isend")
+                sends.append(request)
+            }
+        }
+        execute(plan(index, index), from: mine, to: destination, streaming: false, beatingOn: self)
+        for (block, staging, first) in incoming {
+            for (m, range) in ranges(block.totalBytes).enumerated() {
+                try mpiCheck(MPI_Wait(&receives[first + m], fvd_mpi_status_ignore()), "MPI_Wait")
+                guard let staging else { continue }
+                block.forEachPiece(inPacked: range) { packed, _, target, bytes in
+                    fvd_copy(destination + target, staging.pointer + packed, bytes, 0)
+                }
+            }
+        }
+        try mpiCheck(MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore()), "MPI_Waitall")
     }
 
     /// MPI's op and datatype for the all-reduce `header` when the user chose MPI's own
