@@ -23,14 +23,29 @@ private func errorLines(_ text: String) -> [Substring] { text.split(separator: "
 
 @Suite("MPI transport, ranks started by mpirun", .serialized)
 struct MPITests {
-    /// Turns the host split off: every group sends MPI messages, as between hosts.
-    static let messagesOnly = ["FVD_MPI_SHARED_MEMORY": "0"]
+    /// How the ranks are split into hosts: all on this one (every group shares memory),
+    /// none sharing (every group sends MPI messages, as between hosts), or blocks of two
+    /// ranks counted as hosts (groups that span "hosts" mix shared memory and messages).
+    enum Hosts: String, CustomStringConvertible, CaseIterable {
+        case oneHost = "one host", messagesOnly = "messages only", twoRanksPerHost = "two ranks per host"
+        var environment: [String: String] {
+            switch self {
+            case .oneHost: [:]
+            case .messagesOnly: ["FVD_MPI_SHARED_MEMORY": "0"]
+            case .twoRanksPerHost: ["FVD_MPI_RANKS_PER_HOST": "2"]
+            }
+        }
+        var description: String { rawValue }
+    }
 
     @Test(
-        "every collective equals the in-process transport bitwise, with the host's ranks sharing memory and with every group over MPI messages",
-        arguments: [(2, false), (3, false), (4, false), (2, true), (3, true)])
-    func selftest(worldSize n: Int, messagesOnly: Bool) throws {
-        let result = try mpirun(n, ["selftest"], environment: messagesOnly ? Self.messagesOnly : [:])
+        "every collective equals the in-process transport bitwise: one host sharing memory, messages only, and groups that span hosts",
+        arguments: [
+            (2, Hosts.oneHost), (3, .oneHost), (4, .oneHost), (2, .messagesOnly), (3, .messagesOnly), (3, .twoRanksPerHost),
+            (4, .twoRanksPerHost),
+        ])
+    func selftest(worldSize n: Int, hosts: Hosts) throws {
+        let result = try mpirun(n, ["selftest"], environment: hosts.environment)
         #expect(result.status == 0, "\(result.stderr)")
         for rank in 0..<n {
             #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): "), "\(result.stdout)")
@@ -39,9 +54,12 @@ struct MPITests {
 
     @Test(
         "send/recv, tensor dicts, objects, the uneven and grouped-query all-to-all and started collectives equal the in-process transport bitwise at W = 5…8",
-        arguments: [(5, false), (6, false), (7, false), (8, false), (5, true), (8, true)])
-    func pointToPoint(worldSize n: Int, messagesOnly: Bool) throws {
-        let result = try mpirun(n, ["selftest", "--extras-only"], environment: messagesOnly ? Self.messagesOnly : [:])
+        arguments: [
+            (5, Hosts.oneHost), (6, .oneHost), (7, .oneHost), (8, .oneHost), (5, .messagesOnly), (8, .messagesOnly),
+            (5, .twoRanksPerHost), (8, .twoRanksPerHost),
+        ])
+    func pointToPoint(worldSize n: Int, hosts: Hosts) throws {
+        let result = try mpirun(n, ["selftest", "--extras-only"], environment: hosts.environment)
         #expect(result.status == 0, "\(result.stderr)")
         for rank in 0..<n {
             #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): 33 results equal"), "\(result.stdout)")
@@ -55,9 +73,11 @@ struct MPITests {
         #expect(result.stdout.split(separator: "\n").filter { $0.contains("results equal the in-process transport") }.count == 3)
     }
 
-    @Test("fvd demo --transport mpi: the block on 4 MPI ranks matches one rank, to the same bits as the other transports")
-    func demo() throws {
-        let result = try mpirun(4, ["demo", "--transport", "mpi"])
+    @Test(
+        "fvd demo --transport mpi: the block on 4 MPI ranks matches one rank, to the same bits as the other transports",
+        arguments: Hosts.allCases)
+    func demo(hosts: Hosts) throws {
+        let result = try mpirun(4, ["demo", "--transport", "mpi"], environment: hosts.environment)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("world 4 processes (MPI): tp 2, sp 2"))
         #expect(result.stdout.contains("max abs error vs single-rank reference: 2.861e-06"))
@@ -92,7 +112,7 @@ struct MPITests {
     }
 
     @Test(
-        "failures: every rank that sees the cause names it, and the job ends (MPI_Abort) well within the default timeout and leaves nothing in /dev/shm, with the host's ranks sharing memory and over messages",
+        "failures: every rank that sees the cause names it, and the job ends (MPI_Abort) well within the default timeout and leaves nothing in /dev/shm, on one host, over messages only and with groups that span hosts",
         arguments: [
             (["--mismatch", "shape"], 3,
              "all_reduce in group world [0, 1, 2]: ranks passed different shapes: rank 0 [1, 6, 6, 4], rank 1 [1, 6, 6, 4, 1], rank 2 [1, 6, 6, 4]"),
@@ -112,8 +132,8 @@ struct MPITests {
              "all_gather_in_place in group world [0, 1, 2] (call #4) timed out after 2 s waiting for rank 1; ranks 0, 2 arrived"),
         ] as [([String], Int, String)])
     func failures(_ arguments: [String], _ reporters: Int, _ message: String) throws {
-        for environment in [[:], Self.messagesOnly] {
-            try failure(arguments, reporters, message, environment: environment)
+        for hosts in Hosts.allCases {
+            try failure(arguments, reporters, message, environment: hosts.environment)
         }
     }
 

@@ -8,7 +8,10 @@
 #     both hosts (--map-by slot; HOSTS_SLOTS ranks per host, default 2). It reaches host 1
 #     through a plm_rsh_agent that runs the command with `ip netns exec` instead of ssh.
 #     HOSTS_BTL picks Open MPI's transports: "tcp,self" (default) or "tcp,vader,self".
-#     The variables named in HOSTS_PASS are passed to the ranks when set.
+#     The variables named in HOSTS_PASS are passed to the ranks when set. Waiting ranks
+#     yield the CPU (mpi_yield_when_idle): packets between namespaces are delivered by the
+#     kernel's softirq thread, which ranks spinning on both cores would starve until the
+#     scheduler's tick (every message then takes 8-16 ms, whatever its size).
 # `hosts_up` makes them and arranges their removal at exit; it returns 1, with the reason in
 # $hosts_why, when the sandbox forbids namespaces.
 
@@ -66,7 +69,7 @@ hosts_mpirun() {
         sh -c 'hostname "$0"; exec "$@"' "$hosts_h0" \
         timeout 300 mpirun -n "$n" --hostfile "$hosts_dir/hostfile" --map-by slot \
         --mca plm_rsh_agent "$hosts_dir/agent" --mca plm_rsh_no_tree_spawn 1 \
-        --mca btl "$HOSTS_BTL" --mca btl_vader_single_copy_mechanism none \
+        --mca btl "$HOSTS_BTL" --mca btl_vader_single_copy_mechanism none --mca mpi_yield_when_idle 1 \
         --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
         "${pass[@]}" "$@"
 }

@@ -16,7 +16,7 @@ func mpiCheck(_ code: Int32, _ call: String) throws {
 }
 
 /// MPI counts are 32-bit: the byte count of one message, or an error naming the limit.
-private func mpiCount(_ bytes: Int, _ op: String) throws -> Int32 {
+func mpiCount(_ bytes: Int, _ op: String) throws -> Int32 {
     guard let count = Int32(exactly: bytes) else {
         throw FVDError.invalidArgument(
             "\(op): \(bytes) bytes in one MPI message; the MPI transport sends at most \(Int32.max) bytes per rank and call")
@@ -38,6 +38,8 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
     private let recorder: FlightRecorder
     /// This host's ranks and their shared memory, when this rank shares its host.
     let host: MPIHost?
+    /// The host of each world rank: the lowest world rank on it.
+    let hostOf: [Int]
 
     /// Whether this process was started by an MPI launcher (or `FVD_TRANSPORT=mpi`).
     static func isLaunchedByMPI(_ environment: [String: String]) -> Bool {
@@ -59,7 +61,9 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         self.size = Int(size)
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         recorder = FlightRecorder(rank: Int(rank), directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
-        host = size > 1 ? try MPIHost.join(worldRank: Int(rank), timeout: timeout, recorder: recorder) : nil
+        (host, hostOf) =
+            size > 1
+            ? try MPIHost.join(worldRank: Int(rank), worldSize: Int(size), timeout: timeout, recorder: recorder) : (nil, [0])
     }
 
     func flightRecorder(rank: Int) -> FlightRecorder { recorder }
@@ -139,7 +143,7 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
             make: { key in
                 MPIGroupState(
                     comm: try Self.communicator(members: members, key: key), label: key, members: members,
-                    index: members.firstIndex(of: rank)!)
+                    index: members.firstIndex(of: rank)!, host: host, hostOf: hostOf)
             },
             channel: { MPIChannel(world: self, group: $0) })
     }
@@ -160,8 +164,8 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
             name: pointToPointName(group: group, source: source, destination: destination), members: members, cache: groups,
             make: { key in
                 MPIGroupState(
-                    comm: parent.group.comm, label: key, members: members, index: members.firstIndex(of: rank)!,
-                    commRanks: members.map { Int32(groupMembers.firstIndex(of: $0)!) },
+                    comm: parent.group.comm, label: key, members: members, index: members.firstIndex(of: rank)!, host: host,
+                    hostOf: hostOf, commRanks: members.map { Int32(groupMembers.firstIndex(of: $0)!) },
                     tags: source < destination ? MPIGroupState.upwardLinkTags : MPIGroupState.downwardLinkTags)
             },
             channel: { MPIChannel(world: self, group: $0) })
@@ -224,8 +228,23 @@ final class MPIGroupState: @unchecked Sendable {
     static let downwardLinkTags: Range<Int32> = 31_000..<32_000
     static let linkDataTag: Int32 = 32_000
 
-    init(comm: MPI_Comm, label: String, members: [Int], index: Int, commRanks: [Int32]? = nil, tags: Range<Int32> = groupTags) {
+    /// Whether each member runs on this rank's host (``MPIHost``), whose members read each
+    /// other's buffers in the host's shared memory; and those members but this rank.
+    let sameHost: [Bool]
+    let hostPeers: [Int]
+    /// Whether some members of the group share a host (then every member moves data point
+    /// to point, as each pair allows, instead of by MPI's collectives): the same on every member.
+    let sharesHosts: Bool
+
+    init(
+        comm: MPI_Comm, label: String, members: [Int], index: Int, host: MPIHost?, hostOf: [Int], commRanks: [Int32]? = nil,
+        tags: Range<Int32> = groupTags
+    ) {
         self.comm = comm
+        let sameHost = members.map { host?.contains($0) ?? false }
+        self.sameHost = sameHost
+        hostPeers = members.indices.filter { $0 != index && sameHost[$0] }
+        sharesHosts = Set(members.map { hostOf[$0] }).count < members.count
         self.label = label
         self.members = members
         self.index = index
@@ -287,12 +306,10 @@ final class MPIChannel: PeerMemoryChannel {
         i == index ? ownSlot(call: group.calls - 1) : CallSlot(group.peerSlots + i * CallSlot.byteCount)
     }
 
-    func address(of pointer: UnsafeRawPointer) -> UInt64 { UInt64(UInt(bitPattern: pointer)) }
-
     func input(of i: Int) -> UnsafeRawPointer {
         let slot = slot(of: i)
         if slot.isInline { return UnsafeRawPointer(slot.payload) }
-        if i == index { return UnsafeRawPointer(bitPattern: UInt(slot.inputAddress))! }
+        if i == index { return UnsafeRawPointer(ownBuffer(at: slot.inputAddress)) }
         return group.inputs[i]
     }
 
@@ -301,7 +318,7 @@ final class MPIChannel: PeerMemoryChannel {
     /// This rank's own output buffer of the call in progress.
     private var ownOutput: UnsafeMutableRawPointer? {
         let address = slot(of: index).outputAddress
-        return address == CallSlot.noOutput ? nil : UnsafeMutableRawPointer(bitPattern: UInt(address))
+        return address == CallSlot.noOutput ? nil : ownBuffer(at: address)
     }
 
     func publish(call: Int) { sendHeader(call: call) }
@@ -324,12 +341,14 @@ final class MPIChannel: PeerMemoryChannel {
         }
     }
 
-    func post(_ phase: Phase, call: Int) {}
+    /// Tells this host's members of the group that this rank reached `phase` (they may
+    /// read its reduced chunk, or it has finished reading theirs); nothing without them.
+    func post(_ phase: Phase, call: Int) { notifyHostPeers(phase) }
 
     func wait(_ phase: Phase, call: Int, op: CollectiveOp) throws {
-        guard phase == .reduced else { return }
         do {
-            try exchangeReducedChunks()
+            try awaitHostPeers(phase, call: call, op: op)
+            if phase == .reduced { try exchangeReducedChunks() }
         } catch let error as FVDError where error.breaksGroup {
             world.abort(error)
             throw error
@@ -434,8 +453,10 @@ final class MPIChannel: PeerMemoryChannel {
         let header = slot(of: index)
         let op = header.op.name
         let mine = input(of: index)
-        group.inputs = Array(repeating: mine, count: n)
+        // Members of this host are read in place; the rest arrive below.
+        group.inputs = (0..<n).map { mappedInput(of: $0) ?? mine }
         let allInline = (0..<n).allSatisfy { slot(of: $0).isInline }
+        let hybrid = group.sharesHosts
         switch header.op.kind {
         case .barrier, .corrupt:
             break
@@ -464,7 +485,17 @@ final class MPIChannel: PeerMemoryChannel {
             else { return }
             let rootBytes = try slot(of: root).byteCount()
             let count = try mpiCount(rootBytes, op)
-            if root == index {
+            if hybrid {
+                // The root's input, to the members that cannot read it in place.
+                let copy = root == index || readsInPlace(root, by: index) ? nil : TensorStorage(uninitializedByteCount: rootBytes)
+                try exchangeWithRemoteMembers(
+                    op: op, send: { _ in root == index ? (mine, rootBytes) : nil },
+                    receive: { j in j == root ? copy.map { ($0.pointer, rootBytes) } : nil })
+                if let copy {
+                    group.received = [copy]
+                    group.inputs[root] = UnsafeRawPointer(copy.pointer)
+                }
+            } else if root == index {
                 try mpiCheck(MPI_Bcast(UnsafeMutableRawPointer(mutating: mine), count, fvd_mpi_byte(), Int32(root), group.comm), "MPI_Bcast")
             } else {
                 let copy = TensorStorage(uninitializedByteCount: rootBytes)
@@ -485,6 +516,17 @@ final class MPIChannel: PeerMemoryChannel {
             let chunkBytes = try mpiCount(chunk.count * es, op)
             let receiveOffsets = try (0..<n).map { try mpiCount($0 * chunk.count * es, op) }
             let all = TensorStorage(uninitializedByteCount: max(1, n * chunk.count * es))
+            if hybrid {
+                // This rank's chunk of each remote member's input, and theirs of this rank's.
+                try exchangeWithRemoteMembers(
+                    op: op, send: { j in (mine + ranges[j].lowerBound * es, ranges[j].count * es) },
+                    receive: { j in (all.pointer + j * chunk.count * es, chunk.count * es) })
+                group.received = [all]
+                for j in 0..<n where j != index && mappedInput(of: j) == nil {
+                    group.inputs[j] = UnsafeRawPointer(all.pointer + j * chunk.count * es - chunk.lowerBound * es)
+                }
+                return
+            }
             try mpiCheck(
                 MPI_Alltoallv(
                     mine, sendCounts, sendOffsets, fvd_mpi_byte(), all.pointer,
@@ -497,8 +539,14 @@ final class MPIChannel: PeerMemoryChannel {
             let bytes = try header.byteCount()
             let count = try mpiCount(bytes, op)
             let all = TensorStorage(uninitializedByteCount: bytes * n)
-            try mpiCheck(MPI_Allgather(mine, count, fvd_mpi_byte(), all.pointer, count, fvd_mpi_byte(), group.comm), "MPI_Allgather")
             group.received = [all]
+            if hybrid {
+                try exchangeWithRemoteMembers(
+                    op: op, send: { _ in (mine, bytes) }, receive: { j in (all.pointer + j * bytes, bytes) })
+                for j in 0..<n where j != index && mappedInput(of: j) == nil { group.inputs[j] = UnsafeRawPointer(all.pointer + j * bytes) }
+                return
+            }
+            try mpiCheck(MPI_Allgather(mine, count, fvd_mpi_byte(), all.pointer, count, fvd_mpi_byte(), group.comm), "MPI_Allgather")
             group.inputs = (0..<n).map { UnsafeRawPointer(all.pointer + $0 * bytes) }
         }
     }
@@ -519,7 +567,7 @@ final class MPIChannel: PeerMemoryChannel {
         // Every member sends the same contiguous block and block j lands at j × its size:
         // that is MPI's own all-gather (for a gather along the outermost dimension).
         let block = plan(index, index)
-        if block.totalBytes == block.runBytes,
+        if !group.sharesHosts, block.totalBytes == block.runBytes,
             (0..<n).allSatisfy({ k in
                 let out = plan(index, k), into = plan(k, index)
                 return out.srcOffset == block.srcOffset && out.totalBytes == block.totalBytes
@@ -552,7 +600,8 @@ final class MPIChannel: PeerMemoryChannel {
     /// outermost dimension), else into staging. Then each block is sent straight from the
     /// input when contiguous there, else packed chunk by chunk with the library's copy,
     /// each chunk sent as soon as it is packed; this rank's own block is copied while the
-    /// sends travel, and staged blocks are unpacked chunk by chunk as they arrive. Both
+    /// sends travel (with a call into MPI after each chunk, which is when MPI moves them),
+    /// and staged blocks are unpacked chunk by chunk as they arrive. Both
     /// ends walk the same plan, so the packed order needs no description on the wire;
     /// MPI's non-overtaking order matches the chunks of one sender in order.
     private func exchangePacked(
@@ -573,7 +622,7 @@ final class MPIChannel: PeerMemoryChannel {
         for k in 1..<n {
             let j = (index - k + n) % n
             let block = plan(j, index)
-            guard block.totalBytes > 0 else { continue }
+            guard block.totalBytes > 0, !readsInPlace(j, by: index) else { continue }
             let staging = block.isContiguous(atSource: false) ? nil : TensorStorage(uninitializedByteCount: block.totalBytes)
             let base = staging?.pointer ?? destination + block.dstOffset
             incoming.append((block, staging, receives.count))
@@ -587,10 +636,16 @@ final class MPIChannel: PeerMemoryChannel {
                 receives.append(request)
             }
         }
+        // MPI moves a posted message only inside MPI calls: one between chunks keeps the sends
+        // flowing while this rank packs or copies.
+        func progress() {
+            var done: Int32 = 0
+            if !sends.isEmpty { MPI_Testall(Int32(sends.count), &sends, &done, fvd_mpi_statuses_ignore()) }
+        }
         for k in 1..<n {
             let j = (index + k) % n
             let block = plan(index, j)
-            guard block.totalBytes > 0 else { continue }
+            guard block.totalBytes > 0, !readsInPlace(index, by: j) else { continue }
             let staging = block.isContiguous(atSource: true) ? nil : TensorStorage(uninitializedByteCount: block.totalBytes)
             if let staging { staged.append(staging) }
             for range in ranges(block.totalBytes) {
@@ -610,9 +665,19 @@ final class MPIChannel: PeerMemoryChannel {
                         &request),
                     "MPI_Isend")
                 sends.append(request)
+                progress()
             }
         }
-        execute(plan(index, index), from: mine, to: destination, streaming: false, beatingOn: self)
+        let own = plan(index, index)
+        for range in ranges(own.totalBytes) {
+            own.forEachPiece(inPacked: range) { _, source, target, bytes in fvd_copy(destination + target, mine + source, bytes, 0) }
+            progress()
+        }
+        // Members of this host: copied from their inputs in place while the messages travel.
+        for k in 1..<n {
+            let j = (index + k) % n
+            if let peer = mappedInput(of: j) { execute(plan(j, index), from: peer, to: destination, streaming: false, beatingOn: self) }
+        }
         for (block, staging, first) in incoming {
             for (m, range) in ranges(block.totalBytes).enumerated() {
                 try mpiCheck(MPI_Wait(&receives[first + m], fvd_mpi_status_ignore()), "MPI_Wait")
@@ -672,6 +737,15 @@ final class MPIChannel: PeerMemoryChannel {
         let offsets = try ranges.map { try mpiCount($0.lowerBound * es, header.op.name) }
         let all = TensorStorage(uninitializedByteCount: max(1, ranges.last!.upperBound * es))
         let mine = ownOutput! + Int(offsets[index])
+        if group.sharesHosts {
+            // Reduced chunks of this host's members are read from their outputs in place.
+            try exchangeWithRemoteMembers(
+                op: header.op.name, send: { _ in (UnsafeRawPointer(mine), Int(counts[self.index])) },
+                receive: { j in self.mappedOutput(of: j) == nil ? (all.pointer + Int(offsets[j]), Int(counts[j])) : nil })
+            group.received.append(all)
+            group.outputs = (0..<members.count).map { mappedOutput(of: $0) ?? all.pointer }
+            return
+        }
         try mpiCheck(
             MPI_Allgatherv(mine, counts[index], fvd_mpi_byte(), all.pointer, counts, offsets, fvd_mpi_byte(), group.comm),
             "MPI_Allgatherv")

@@ -18,7 +18,8 @@ import Foundation
 /// read them in place.
 ///
 /// `FVD_MPI_SHARED_MEMORY=0` turns the split off: every group then sends MPI messages,
-/// as between hosts.
+/// as between hosts. `FVD_MPI_RANKS_PER_HOST=N` splits the world into blocks of N ranks
+/// instead of by host, to test groups that span hosts on one machine.
 final class MPIHost: Sendable {
     /// The world ranks on this host, ascending; a rank's index is its rank in the segment.
     let ranks: [Int]
@@ -35,15 +36,32 @@ final class MPIHost: Sendable {
     /// Whether every one of the world ranks `members` runs on this host.
     func holds(_ members: [Int]) -> Bool { members.allSatisfy(rankSet.contains) }
 
+    /// Whether world rank `rank` runs on this host.
+    func contains(_ rank: Int) -> Bool { rankSet.contains(rank) }
+
     /// Whether the environment turned the host split off (`FVD_MPI_SHARED_MEMORY=0`).
     static var isDisabled: Bool { ProcessInfo.processInfo.environment["FVD_MPI_SHARED_MEMORY"] == "0" }
 
+    /// `FVD_MPI_RANKS_PER_HOST=N`: each block of N consecutive world ranks counts as one
+    /// host, whatever the machine; for testing groups that span hosts on one machine.
+    private static func ranksPerSimulatedHost() throws -> Int? {
+        guard let text = ProcessInfo.processInfo.environment["FVD_MPI_RANKS_PER_HOST"] else { return nil }
+        guard let n = Int(text), n >= 1 else {
+            throw FVDError.invalidArgument("FVD_MPI_RANKS_PER_HOST=\(text) is not a positive integer")
+        }
+        return n
+    }
+
     /// Joins this host's ranks; collective over the world communicator (every rank calls it).
-    /// - Returns: `nil` when this rank is alone on its host or the split is turned off.
+    /// - Returns: this host (`nil` when this rank is alone on it or the split is turned
+    ///   off), and the host of every world rank, as the lowest world rank on that host
+    ///   (every rank its own when the split is off).
     /// - Throws: the error of a rank of this host that could not create or map the segment
     ///   (on every rank of the host), or an MPI failure.
-    static func join(worldRank: Int, timeout: Double, recorder: FlightRecorder) throws -> MPIHost? {
-        if isDisabled { return nil }
+    static func join(worldRank: Int, worldSize: Int, timeout: Double, recorder: FlightRecorder) throws
+        -> (host: MPIHost?, hostOf: [Int])
+    {
+        if isDisabled { return (nil, Array(0..<worldSize)) }
         let world = fvd_mpi_comm_world()
         // The job's name: rank 0's pid and 64 random bits, the same on every rank.
         var token = [UInt8](repeating: 0, count: 32)
@@ -55,19 +73,27 @@ final class MPIHost: Sendable {
         let job = String(decoding: token.prefix { $0 != 0 }, as: UTF8.self)
 
         var local: MPI_Comm?
-        try mpiCheck(
-            MPI_Comm_split_type(world, fvd_mpi_comm_type_shared(), Int32(worldRank), fvd_mpi_info_null(), &local),
-            "MPI_Comm_split_type")
+        if let perHost = try ranksPerSimulatedHost() {
+            try mpiCheck(MPI_Comm_split(world, Int32(worldRank / perHost), Int32(worldRank), &local), "MPI_Comm_split")
+        } else {
+            try mpiCheck(
+                MPI_Comm_split_type(world, fvd_mpi_comm_type_shared(), Int32(worldRank), fvd_mpi_info_null(), &local),
+                "MPI_Comm_split_type")
+        }
         defer { MPI_Comm_free(&local) }
         try mpiCheck(MPI_Comm_set_errhandler(local, fvd_mpi_errors_return()), "MPI_Comm_set_errhandler")
         var localSize: Int32 = 0, localRank: Int32 = 0
         try mpiCheck(MPI_Comm_size(local, &localSize), "MPI_Comm_size")
         try mpiCheck(MPI_Comm_rank(local, &localRank), "MPI_Comm_rank")
-        guard localSize > 1 else { return nil }
         var mine = Int32(worldRank)
         var all = [Int32](repeating: 0, count: Int(localSize))
         try mpiCheck(MPI_Allgather(&mine, 1, fvd_mpi_int(), &all, 1, fvd_mpi_int(), local), "MPI_Allgather")
         let ranks = all.map(Int.init)  // ascending: the split's key is the world rank
+        var leader = all[0]
+        var leaders = [Int32](repeating: 0, count: worldSize)
+        try mpiCheck(MPI_Allgather(&leader, 1, fvd_mpi_int(), &leaders, 1, fvd_mpi_int(), world), "MPI_Allgather")
+        let hostOf = leaders.map(Int.init)
+        guard localSize > 1 else { return (nil, hostOf) }
 
         let name = "/fvd-mpi-\(job)-h\(ranks[0])"
         var segment: SharedSegment?
@@ -90,7 +116,7 @@ final class MPIHost: Sendable {
                 .debug, rank: worldRank,
                 "MPI: world ranks \(ranks.map(String.init).joined(separator: ", ")) share this host through shared memory \(name)")
         }
-        return MPIHost(ranks: ranks, shared: shared)
+        return (MPIHost(ranks: ranks, shared: shared), hostOf)
     }
 }
 #endif
