@@ -41,7 +41,8 @@
 #   FVD_BIN         an fvd binary to use as is (skips the swift build)
 #   MPIRUN_ARGS     extra mpirun arguments [none]
 #   HOSTS           1 (this host) or 2 (two simulated hosts, see above) [1]
-#   RESULTS_DIR     if set, the raw JSON of every run is kept there
+#   RESULTS_DIR     if set, the raw JSON of every run is kept there, and the tables in
+#                   RESULTS_DIR/compare.txt
 #   STRICT=1        exit 1 when any row misses its target
 set -euo pipefail
 
@@ -134,7 +135,7 @@ for W in $WORLD_SIZES; do
                 cat "$WORK/fvd.txt" >&2
                 die "fvd bench --transport $FVD_TRANSPORT failed"
             }
-            "${LAUNCH[@]}" "$MPI_BENCH" --op "$op" "${COMMON[@]}" \
+            "${LAUNCH[@]}" "$MPI_BENCH" --op "$op" --output-sizes "${COMMON[@]}" \
                 >"$WORK/mpi-w$W-$op-r$round.json" || die "mpirun -n $W mpi_bench failed"
             if [[ $op == all_to_all ]]; then
                 "${LAUNCH[@]}" "$FASTVIDEO_BENCH" --op "$op" "${COMMON[@]}" \
@@ -153,7 +154,9 @@ for W in $WORLD_SIZES; do
 done
 if [[ -n "${RESULTS_DIR:-}" ]]; then cp "$WORK"/*.json "$RESULTS_DIR"/; fi
 
-python3 - "$WORK" "$FVD_TRANSPORT" "$WORLD_SIZES" "$OPS" "$CORES" "$STRICT" "$ROUNDS" "$HOSTS" <<'PY'
+TABLES=/dev/null
+if [[ -n "${RESULTS_DIR:-}" ]]; then TABLES=$RESULTS_DIR/compare.txt; fi
+python3 - "$WORK" "$FVD_TRANSPORT" "$WORLD_SIZES" "$OPS" "$CORES" "$STRICT" "$ROUNDS" "$HOSTS" <<'PY' | tee "$TABLES"
 import json, os, statistics, sys
 
 work, transport, worlds, ops, cores, strict, rounds, hosts = sys.argv[1:]

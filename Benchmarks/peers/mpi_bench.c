@@ -7,7 +7,8 @@
  *                           [--dtype float32|bfloat16|float16]
  *                           [--op all_reduce|all_gather|all_to_all|reduce_scatter|broadcast|barrier|sendrecv|all]
  *
- * Sizes are bytes of each rank's input (K/M/G = 2^10/2^20/2^30). Per size, the buffers are
+ * Sizes are bytes of each rank's input (K/M/G = 2^10/2^20/2^30); with --output-sizes,
+ * all_gather's are bytes of its output (W inputs), as fvd bench counts them. Per size, the buffers are
  * allocated once and written before timing; each iteration starts after MPI_Barrier, and its
  * time is the slowest rank's (MPI_Reduce MAX over ranks of each iteration's time). After each
  * iteration every rank copies the op's copy-model bytes with memcpy (after another barrier),
@@ -109,9 +110,11 @@ static void run_op(enum op op, const void *in, void *out, int count, MPI_Datatyp
 }
 
 /* Times `op` for one size; on rank 0 prints the JSON row (preceded by `sep`). */
+static int output_sizes; /* --output-sizes: all_gather's sizes are its output bytes, as fvd bench's */
+
 static void bench(enum op op, size_t bytes, int warmup, int iters, int rounds, const char *dtype,
                   MPI_Datatype type, size_t esize, const char *sep) {
-    size_t count = bytes / esize;
+    size_t count = (op == OP_ALL_GATHER && output_sizes ? bytes / (size_t)world : bytes) / esize;
     if (op == OP_ALL_TO_ALL || op == OP_REDUCE_SCATTER) {
         count -= count % (size_t)world;
         if (count < (size_t)world) count = (size_t)world;
@@ -198,11 +201,15 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             if (rank == 0)
                 printf("usage: mpirun -n W %s [-b 64K] [-e 64M] [-f 4] [--warmup 5] [--iters 20] [--rounds 1]\n"
-                       "       [--dtype float32|bfloat16|float16]\n"
+                       "       [--dtype float32|bfloat16|float16] [--output-sizes]\n"
                        "       [--op all_reduce|all_gather|all_to_all|reduce_scatter|broadcast|barrier|sendrecv|all]\n",
                        argv[0]);
             MPI_Finalize();
             return 0;
+        }
+        if (!strcmp(a, "--output-sizes")) {
+            output_sizes = 1;
+            continue;
         }
         if (!v) die("missing value for ", a);
         i++;

@@ -279,6 +279,11 @@ final class MPIGroupState: @unchecked Sendable {
 /// reduced, an `MPI_Allgatherv` at `.reduced`; the root's input an `MPI_Bcast`; the
 /// rest (gather, reduce-scatter) an `MPI_Allgather` of the inputs. Reductions run
 /// locally in rank order, so results are bitwise those of the other transports.
+///
+/// In a group whose members share hosts (``MPIGroupState/sharesHosts``), the members of
+/// one host read each other's data in place instead, and the rest moves point to point
+/// (see the extension in MPIHostPeers.swift); a group within one host never gets here
+/// (``MPIWorldState/makeChannel(name:members:rank:)`` makes it a shared-memory channel).
 final class MPIChannel: PeerMemoryChannel {
     let world: MPIWorldState
     let group: MPIGroupState
