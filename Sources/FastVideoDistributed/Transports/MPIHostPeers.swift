@@ -136,27 +136,33 @@ extension MPIChannel {
     func exchangeWithRemoteMembers(
         op: String, send: (Int) -> (UnsafeRawPointer, Int)?, receive: (Int) -> (UnsafeMutableRawPointer, Int)?
     ) throws {
-        var requests: [MPI_Request?] = []
+        var receives: [MPI_Request?] = [], sends: [MPI_Request?] = []
         defer {
-            if !requests.isEmpty { MPI_Waitall(Int32(requests.count), &requests, fvd_mpi_statuses_ignore()) }
+            // After an error: no receive waits for a message that may never come.
+            for i in receives.indices where receives[i] != fvd_mpi_request_null() { MPI_Cancel(&receives[i]) }
+            MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore())
+            MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore())
         }
         for j in members.indices where j != index && !readsInPlace(j, by: index) {
             guard let (buffer, bytes) = receive(j), bytes > 0 else { continue }
-            var request = fvd_mpi_request_null()
+            receives.append(fvd_mpi_request_null())
             try mpiCheck(
-                MPI_Irecv(buffer, try mpiCount(bytes, op), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm, &request),
+                MPI_Irecv(
+                    buffer, try mpiCount(bytes, op), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm,
+                    &receives[receives.count - 1]),
                 "MPI_Irecv")
-            requests.append(request)
         }
         for j in members.indices where j != index && !readsInPlace(index, by: j) {
             guard let (buffer, bytes) = send(j), bytes > 0 else { continue }
-            var request = fvd_mpi_request_null()
+            sends.append(fvd_mpi_request_null())
             try mpiCheck(
-                MPI_Isend(buffer, try mpiCount(bytes, op), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm, &request),
+                MPI_Isend(
+                    buffer, try mpiCount(bytes, op), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm,
+                    &sends[sends.count - 1]),
                 "MPI_Isend")
-            requests.append(request)
         }
-        try mpiCheck(MPI_Waitall(Int32(requests.count), &requests, fvd_mpi_statuses_ignore()), "MPI_Waitall")
+        try mpiCheck(MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore()), "MPI_Waitall")
+        try mpiCheck(MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore()), "MPI_Waitall")
     }
 }
 #endif
