@@ -75,7 +75,8 @@ extension MPIChannel {
     }
 
     /// Waits for every member of this host to post `phase`, for as long as the world's
-    /// timeout; a member whose process is gone is named at once.
+    /// timeout; a member whose process is gone is named within half a second (its notice
+    /// may still be on its way).
     /// - Throws: the world's abort error, ``FVDError/peerExited(rank:op:group:)``, or
     ///   ``FVDError/stalled(op:group:call:phase:ranks:seconds:)``.
     func awaitHostPeers(_ phase: Phase, call: Int, op: CollectiveOp) throws {

@@ -23,8 +23,9 @@ public struct ProcessWorld: Sendable {
     ///   current or next collective throws ``FVDError/peerFailed(rank:message:)``
     ///   (unless the error is itself another rank's failure or exit, which the peers
     ///   detect on their own, so the root cause is what they report);
-    /// - MPI: the error is printed to standard error (`error: …`) and the job is ended
-    ///   with `MPI_Abort`, MPI's only way to stop ranks blocked in a collective.
+    /// - MPI: the error is recorded in the host's segment for the ranks of this host, as
+    ///   above, printed to standard error (`error: …`), and the job is ended with
+    ///   `MPI_Abort`, MPI's only way to stop ranks blocked in a collective.
     public func run<R>(_ body: (GroupCoordinator) throws -> R) throws -> R {
         do {
             return try body(group)
@@ -54,6 +55,11 @@ extension World {
     /// ``FVDError/peerExited(rank:op:group:)`` within milliseconds (exit flag or process
     /// liveness); one that fails inside ``ProcessWorld/run(_:)`` makes them throw
     /// ``FVDError/peerFailed(rank:message:)``.
+    ///
+    /// In a build with the package trait `MPI`, a process started by `mpirun` joins the MPI
+    /// job instead (`OMPI_COMM_WORLD_SIZE` or `PMI_SIZE` set, or `FVD_TRANSPORT=mpi`); its
+    /// ranks of one host share a segment the same way, and only bytes between hosts travel as
+    /// MPI messages (see <doc:Backends>).
     ///
     /// The shared-memory transport joins ranks of this host only: a `MASTER_ADDR` that is
     /// not this host (loopback, `localhost`, its name or an address of its interfaces) is
