@@ -18,6 +18,10 @@ public enum DType: String, Sendable, Hashable, CaseIterable, Codable, CustomStri
         }
     }
 
+    /// Bytes of one element's accumulator in a reduction: float32 for the 16-bit floats
+    /// (accumulated in float32 and rounded once), else the element itself.
+    var accumulatorBytes: Int { self == .float16 || self == .bfloat16 ? 4 : byteSize }
+
     /// Whether the type is a floating-point type.
     public var isFloatingPoint: Bool {
         switch self {

@@ -235,6 +235,22 @@ final class MPIGroupState: @unchecked Sendable {
     /// Whether some members of the group share a host (then every member moves data point
     /// to point, as each pair allows, instead of by MPI's collectives): the same on every member.
     let sharesHosts: Bool
+    /// The members of each host as consecutive ranges of member indices, in member order,
+    /// when each host's members are consecutive (`mpirun`'s default mapping); else nil.
+    let hostBlocks: [Range<Int>]?
+
+    /// The maximal runs of equal values in `hosts`; nil when a value comes back after another.
+    static func blocks(of hosts: [Int]) -> [Range<Int>]? {
+        guard !hosts.isEmpty else { return [] }
+        var blocks: [Range<Int>] = [], seen: Set<Int> = []
+        var start = 0
+        for i in 1...hosts.count where i == hosts.count || hosts[i] != hosts[start] {
+            guard seen.insert(hosts[start]).inserted else { return nil }
+            blocks.append(start..<i)
+            start = i
+        }
+        return blocks
+    }
 
     init(
         comm: MPI_Comm, label: String, members: [Int], index: Int, host: MPIHost?, hostOf: [Int], commRanks: [Int32]? = nil,
@@ -245,6 +261,7 @@ final class MPIGroupState: @unchecked Sendable {
         self.sameHost = sameHost
         hostPeers = members.indices.filter { $0 != index && sameHost[$0] }
         sharesHosts = Set(members.map { hostOf[$0] }).count < members.count
+        hostBlocks = Self.blocks(of: members.map { hostOf[$0] })
         self.label = label
         self.members = members
         self.index = index
@@ -281,8 +298,9 @@ final class MPIGroupState: @unchecked Sendable {
 /// locally in rank order, so results are bitwise those of the other transports.
 ///
 /// In a group whose members share hosts (``MPIGroupState/sharesHosts``), the members of
-/// one host read each other's data in place instead, and the rest moves point to point
-/// (see the extension in MPIHostPeers.swift); a group within one host never gets here
+/// one host read each other's data in place instead, the rest moves point to point (see
+/// the extension in MPIHostPeers.swift), and the all-reduce is chained through the hosts
+/// (MPIChainedAllReduce.swift); a group within one host never gets here
 /// (``MPIWorldState/makeChannel(name:members:rank:)`` makes it a shared-memory channel).
 final class MPIChannel: PeerMemoryChannel {
     let world: MPIWorldState
@@ -508,8 +526,8 @@ final class MPIChannel: PeerMemoryChannel {
                 group.received = [copy]
                 group.inputs[root] = UnsafeRawPointer(copy.pointer)
             }
-        case .allReduce where allInline || nativeReduction(header) != nil:
-            break  // reduced here from the slots, or MPI_Allreduce in reduceByMessages
+        case .allReduce where allInline || nativeReduction(header) != nil || chainsAllReduce(header):
+            break  // reduced here from the slots, or by MPI_Allreduce or chained through the hosts in reduceByMessages
         case .allReduce:
             // Reduce-scatter by all-to-all: member j's chunk of this rank's range, and nothing
             // else, comes here; `inputs[j]` is based so that the chunk sits at its own offset.
@@ -726,7 +744,11 @@ final class MPIChannel: PeerMemoryChannel {
     func reduceByMessages(
         _ op: ReduceOp, dtype: DType, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
     ) throws -> Bool {
-        guard let (mpiOp, type) = nativeReduction(slot(of: index)) else { return false }
+        guard let (mpiOp, type) = nativeReduction(slot(of: index)) else {
+            guard chainsAllReduce(slot(of: index)) else { return false }
+            try chainedAllReduce(op, dtype: dtype, output: output, count: count)
+            return true
+        }
         let n = try mpiCount(count, "all_reduce")
         let source = UnsafeRawPointer(output) == input ? UnsafeRawPointer(fvd_mpi_in_place()) : input
         try mpiCheck(MPI_Allreduce(source, output, n, type, mpiOp, group.comm), "MPI_Allreduce")

@@ -74,9 +74,10 @@ protocol PeerMemoryChannel: AnyObject, Sendable {
     /// Every member calls it at the same point of the call.
     /// - Returns: `false` (the default) when the caller copies from ``input(of:)`` itself.
     func pullByMessages(into destination: UnsafeMutableRawPointer, plan: (_ source: Int, _ destination: Int) -> StridedCopy) throws -> Bool
-    /// For a transport with its own all-reduce that the user chose over the deterministic
-    /// one (MPI's, with `FVD_MPI_NATIVE_ALLREDUCE=1`): reduces `count` elements of every
-    /// member's `input` into this rank's `output` (which may be `input`).
+    /// For a transport with an all-reduce of its own: MPI's, when the user chose it over
+    /// the deterministic one (`FVD_MPI_NATIVE_ALLREDUCE=1`), or the deterministic one
+    /// chained through the hosts of a group that spans them. Reduces `count` elements of
+    /// every member's `input` into this rank's `output` (which may be `input`).
     /// - Returns: `false` (the default) when the caller reduces in rank order itself.
     func reduceByMessages(
         _ op: ReduceOp, dtype: DType, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
