@@ -149,13 +149,16 @@ struct MPITests {
         #expect(lines.allSatisfy { $0.contains(message) }, "\(result.stderr)")
     }
 
-    @Test("a world of one under mpirun, and --transport mpi with another world size, are handled")
+    @Test("a world of one under mpirun, --transport mpi with another world size, and a bad FVD_MPI_RANKS_PER_HOST are handled")
     func edges() throws {
         let one = try mpirun(1, ["selftest"])
         #expect(one.status == 0 && one.stdout.contains("selftest rank 0 of 1 (MPI)"), "\(one.stderr)")
         let wrongSize = try mpirun(2, ["demo", "--transport", "mpi", "--world-size", "4"])
         #expect(wrongSize.status != 0)
         #expect(errorLines(wrongSize.stderr).contains { $0.contains("--world-size is 4 but mpirun started 2 ranks") }, "\(wrongSize.stderr)")
+        let badSplit = try mpirun(2, ["selftest"], environment: ["FVD_MPI_RANKS_PER_HOST": "zero"])
+        #expect(badSplit.status != 0)
+        #expect(errorLines(badSplit.stderr).contains { $0 == "error: FVD_MPI_RANKS_PER_HOST=zero is not a positive integer" }, "\(badSplit.stderr)")
     }
 }
 #endif

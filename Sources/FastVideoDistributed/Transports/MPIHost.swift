@@ -4,8 +4,8 @@ import CMPI
 import Foundation
 
 /// The ranks of an MPI job that run on this host, joined by a shared-memory segment as
-/// `fvd launch` ranks are: their groups use the shared-memory transport, and only groups
-/// that span hosts send MPI messages.
+/// `fvd launch` ranks are: their groups use the shared-memory transport, and only bytes
+/// between hosts travel as MPI messages.
 ///
 /// Found with `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)`, so it works under any MPI
 /// launcher. World rank 0 draws the job's name and broadcasts it; the host's ranks then
