@@ -450,6 +450,9 @@ final class MPIChannel: PeerMemoryChannel {
                     for j in pending { MPI_Cancel(&receives[j]) }
                     throw FVDError.peerExited(rank: members[gone], op: op.name, group: label)
                 }
+                // Its header had come after all; its request is done now, and testing it again
+                // would overwrite its status with an empty one.
+                pending.removeAll { $0 == gone }
                 continue
             }
             if waited >= world.timeoutNanoseconds {
