@@ -53,17 +53,7 @@ extension MPIChannel {
             _ requests: inout [MPI_Request?], _ j: Int, _ buffer: UnsafeMutableRawPointer, _ range: Range<Int>, elementBytes: Int,
             send: Bool
         ) throws {
-            let bytes = try mpiCount(range.count * elementBytes, name)
-            requests.append(fvd_mpi_request_null())
-            if send {
-                try mpiCheck(
-                    MPI_Isend(buffer, bytes, fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm, &requests[requests.count - 1]),
-                    "MPI_Isend")
-            } else {
-                try mpiCheck(
-                    MPI_Irecv(buffer, bytes, fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm, &requests[requests.count - 1]),
-                    "MPI_Irecv")
-            }
+            try postData(&requests, to: j, buffer, bytes: range.count * elementBytes, send: send, op: name)
         }
         // The fold of the hosts before this one, for this rank's range, as accumulators.
         let carried = h > 0 && !mine.isEmpty ? TensorStorage(uninitializedByteCount: mine.count * accumulator) : nil

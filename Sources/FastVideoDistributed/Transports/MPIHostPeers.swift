@@ -130,6 +130,24 @@ extension MPIChannel {
         }
     }
 
+    /// Posts a send of `bytes` at `buffer` to member `j` (or a receive from it into `buffer`)
+    /// with the data tag, and appends its request to `requests`.
+    func postData(
+        _ requests: inout [MPI_Request?], to j: Int, _ buffer: UnsafeMutableRawPointer, bytes: Int, send: Bool, op: String
+    ) throws {
+        let count = try mpiCount(bytes, op)
+        requests.append(fvd_mpi_request_null())
+        if send {
+            try mpiCheck(
+                MPI_Isend(buffer, count, fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm, &requests[requests.count - 1]),
+                "MPI_Isend")
+        } else {
+            try mpiCheck(
+                MPI_Irecv(buffer, count, fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm, &requests[requests.count - 1]),
+                "MPI_Irecv")
+        }
+    }
+
     /// Exchanges blocks point to point with the members that do not share this rank's
     /// memory: `send(j)` (bytes at a pointer) to each member j that does not read this
     /// rank's input in place, and `receive(j)` (into a buffer) from each member j whose
@@ -146,21 +164,11 @@ extension MPIChannel {
         }
         for j in members.indices where j != index && !readsInPlace(j, by: index) {
             guard let (buffer, bytes) = receive(j), bytes > 0 else { continue }
-            receives.append(fvd_mpi_request_null())
-            try mpiCheck(
-                MPI_Irecv(
-                    buffer, try mpiCount(bytes, op), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm,
-                    &receives[receives.count - 1]),
-                "MPI_Irecv")
+            try postData(&receives, to: j, buffer, bytes: bytes, send: false, op: op)
         }
         for j in members.indices where j != index && !readsInPlace(index, by: j) {
             guard let (buffer, bytes) = send(j), bytes > 0 else { continue }
-            sends.append(fvd_mpi_request_null())
-            try mpiCheck(
-                MPI_Isend(
-                    buffer, try mpiCount(bytes, op), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm,
-                    &sends[sends.count - 1]),
-                "MPI_Isend")
+            try postData(&sends, to: j, UnsafeMutableRawPointer(mutating: buffer), bytes: bytes, send: true, op: op)
         }
         try mpiCheck(MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore()), "MPI_Waitall")
         try mpiCheck(MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore()), "MPI_Waitall")
