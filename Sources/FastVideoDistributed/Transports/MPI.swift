@@ -633,16 +633,13 @@ final class MPIChannel: PeerMemoryChannel {
     private func exchangePacked(
         from mine: UnsafeRawPointer, into destination: UnsafeMutableRawPointer, plan: (Int, Int) -> StridedCopy
     ) throws {
-        let n = members.count, chunk = Self.chunkBytes
+        let n = members.count, chunk = Self.chunkBytes, op = slot(of: index).op.name
         func ranges(_ total: Int) -> [Range<Int>] { stride(from: 0, to: total, by: chunk).map { $0..<min(total, $0 + chunk) } }
         var receives: [MPI_Request?] = [], sends: [MPI_Request?] = []
         var incoming: [(plan: StridedCopy, staging: TensorStorage?, first: Int)] = []
         var staged: [TensorStorage] = []  // the packed sends, alive until they completed
         defer {
-            // After an error: no request may outlive its buffer.
-            for i in receives.indices where receives[i] != fvd_mpi_request_null() { MPI_Cancel(&receives[i]) }
-            if !receives.isEmpty { MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore()) }
-            if !sends.isEmpty { MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore()) }
+            Self.settle(receives: &receives, sends: &sends)
             _ = staged
         }
         for k in 1..<n {
@@ -653,13 +650,7 @@ final class MPIChannel: PeerMemoryChannel {
             let base = staging?.pointer ?? destination + block.dstOffset
             incoming.append((block, staging, receives.count))
             for range in ranges(block.totalBytes) {
-                var request = fvd_mpi_request_null()
-                try mpiCheck(
-                    MPI_Irecv(
-                        base + range.lowerBound, Int32(range.count), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag,
-                        group.comm, &request),
-                    "MPI_Irecv")
-                receives.append(request)
+                try postData(&receives, to: j, base + range.lowerBound, bytes: range.count, send: false, op: op)
             }
         }
         // MPI moves a posted message only inside MPI calls: one between chunks keeps the sends
@@ -684,13 +675,7 @@ final class MPIChannel: PeerMemoryChannel {
                 } else {
                     start = mine + block.srcOffset + range.lowerBound
                 }
-                var request = fvd_mpi_request_null()
-                try mpiCheck(
-                    MPI_Isend(
-                        start, Int32(range.count), fvd_mpi_byte(), group.commRanks[j], Self.collectiveDataTag, group.comm,
-                        &request),
-                    "MPI_Isend")
-                sends.append(request)
+                try postData(&sends, to: j, UnsafeMutableRawPointer(mutating: start), bytes: range.count, send: true, op: op)
                 progress()
             }
         }

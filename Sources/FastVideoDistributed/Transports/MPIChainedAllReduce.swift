@@ -44,11 +44,7 @@ extension MPIChannel {
             }
         }
         var receives: [MPI_Request?] = [], sends: [MPI_Request?] = []
-        defer {
-            for i in receives.indices where receives[i] != fvd_mpi_request_null() { MPI_Cancel(&receives[i]) }
-            MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore())
-            MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore())
-        }
+        defer { Self.settle(receives: &receives, sends: &sends) }
         func post(
             _ requests: inout [MPI_Request?], _ j: Int, _ buffer: UnsafeMutableRawPointer, _ range: Range<Int>, elementBytes: Int,
             send: Bool

@@ -130,6 +130,15 @@ extension MPIChannel {
         }
     }
 
+    /// Ends the requests of an exchange that may have stopped early (an error): cancels the
+    /// receives still pending, which may wait for a message that never comes, and waits for
+    /// every request, so that none outlives the buffer it reads or writes.
+    static func settle(receives: inout [MPI_Request?], sends: inout [MPI_Request?]) {
+        for i in receives.indices where receives[i] != fvd_mpi_request_null() { MPI_Cancel(&receives[i]) }
+        MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore())
+        MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore())
+    }
+
     /// Posts a send of `bytes` at `buffer` to member `j` (or a receive from it into `buffer`)
     /// with the data tag, and appends its request to `requests`.
     func postData(
@@ -156,12 +165,7 @@ extension MPIChannel {
         op: String, send: (Int) -> (UnsafeRawPointer, Int)?, receive: (Int) -> (UnsafeMutableRawPointer, Int)?
     ) throws {
         var receives: [MPI_Request?] = [], sends: [MPI_Request?] = []
-        defer {
-            // After an error: no receive waits for a message that may never come.
-            for i in receives.indices where receives[i] != fvd_mpi_request_null() { MPI_Cancel(&receives[i]) }
-            MPI_Waitall(Int32(receives.count), &receives, fvd_mpi_statuses_ignore())
-            MPI_Waitall(Int32(sends.count), &sends, fvd_mpi_statuses_ignore())
-        }
+        defer { Self.settle(receives: &receives, sends: &sends) }
         for j in members.indices where j != index && !readsInPlace(j, by: index) {
             guard let (buffer, bytes) = receive(j), bytes > 0 else { continue }
             try postData(&receives, to: j, buffer, bytes: bytes, send: false, op: op)
