@@ -226,4 +226,33 @@ struct BufferCacheTests {
         #expect(!cache.give(f, capacity: 8 * k))
         f.deallocate()
     }
+
+    @Test("a tensor filled in place by its initializer holds what it wrote; an error thrown there comes out")
+    func uninitializedShapeFilledInPlace() throws {
+        let t = try Tensor(unsafeUninitializedShape: [2, 3], dtype: .float32) { bytes in
+            let floats = bytes.bindMemory(to: Float.self)
+            #expect(floats.count == 6)
+            for i in floats.indices { floats[i] = Float(i) * 0.5 }
+        }
+        #expect(t == (try Tensor(shape: [2, 3], scalars: (0..<6).map { Float($0) * 0.5 })))
+        let empty = try Tensor(unsafeUninitializedShape: [3, 0], dtype: .bfloat16) { #expect($0.count == 0) }
+        #expect(empty.count == 0)
+        #expect(throws: FVDError.self) { try Tensor(unsafeUninitializedShape: [2, -3], dtype: .int8) { _ in } }
+        struct KernelFailed: Error {}
+        #expect(throws: KernelFailed.self) { try Tensor(unsafeUninitializedShape: [4], dtype: .int32) { _ in throw KernelFailed() } }
+    }
+
+    @Test("a tensor copied from raw bytes equals one made from the same scalars; a wrong byte count is named")
+    func copyingRawBytes() throws {
+        let values: [Int16] = [1, -2, 3, -4, 5, -6]
+        let t = try values.withUnsafeBytes { try Tensor(copying: $0, shape: [3, 2], dtype: .int16) }
+        #expect(t == (try Tensor(shape: [3, 2], scalars: values)))
+        let empty = try Tensor(copying: UnsafeRawBufferPointer(start: nil, count: 0), shape: [0, 5], dtype: .float64)
+        #expect(empty.shape == [0, 5])
+        #expect {
+            try values.withUnsafeBytes { try Tensor(copying: $0, shape: [2, 2], dtype: .int16) }
+        } throws: { error in
+            String(describing: error).contains("holds 8 bytes but 12 were given")
+        }
+    }
 }

@@ -206,6 +206,49 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
         self = try! Tensor(shape: [scalars.count], scalars: scalars)
     }
 
+    /// A tensor whose bytes `initializer` writes in place: a kernel's output, with no copy
+    /// (like `Array(unsafeUninitializedCapacity:initializingWith:)`).
+    ///
+    /// `initializer` gets the tensor's ``byteCount`` bytes, row-major, uninitialized (they
+    /// may hold an earlier tensor's data), and must write every one; bind them to the
+    /// dtype's element type (`$0.bindMemory(to: Float.self)`) to write elements. The bytes
+    /// are valid only during the call. They are where collectives read them: with the
+    /// shared-memory and MPI transports, this rank's part of the segment its peers map, so
+    /// the tensor goes into a collective without being staged.
+    ///
+    /// ```swift
+    /// let q = try Tensor(unsafeUninitializedShape: [1, 1024, 24, 64], dtype: .float32) { bytes in
+    ///     myProjectionKernel(x, weights, into: bytes.bindMemory(to: Float.self))
+    /// }
+    /// ```
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for a negative dimension or a size that
+    ///   overflows; whatever `initializer` throws (the storage is then released).
+    public init(
+        unsafeUninitializedShape shape: [Int], dtype: DType, initializingWith initializer: (UnsafeMutableRawBufferPointer) throws -> Void
+    ) throws {
+        let count = try Tensor.elementCount(of: shape)
+        self.init(uninitializedShape: shape, dtype: dtype)
+        try initializer(UnsafeMutableRawBufferPointer(start: storage.pointer, count: count * dtype.byteSize))
+    }
+
+    /// A tensor holding a copy of `bytes`, row-major, as `shape` elements of `dtype`: data
+    /// from another library's buffer (a model file, a GPU download, a C array).
+    ///
+    /// One copy, into storage the collectives read in place (see
+    /// ``init(unsafeUninitializedShape:dtype:initializingWith:)``, which avoids even that one).
+    /// - Throws: ``FVDError/invalidArgument(_:)`` when `bytes.count` is not the shape's
+    ///   element count times the dtype's size, or for a bad shape.
+    public init(copying bytes: UnsafeRawBufferPointer, shape: [Int], dtype: DType) throws {
+        let count = try Tensor.elementCount(of: shape)
+        guard bytes.count == count * dtype.byteSize else {
+            throw FVDError.invalidArgument(
+                "shape \(shape) of \(dtype) holds \(count * dtype.byteSize) bytes but \(bytes.count) were given")
+        }
+        try self.init(unsafeUninitializedShape: shape, dtype: dtype) { destination in
+            if let source = bytes.baseAddress, !bytes.isEmpty { destination.baseAddress!.copyMemory(from: source, byteCount: bytes.count) }
+        }
+    }
+
     /// Internal: uninitialised storage for a shape already validated by the caller.
     init(uninitializedShape shape: [Int], dtype: DType) {
         self.shape = shape
@@ -273,7 +316,16 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
         if !isKnownUniquelyReferenced(&storage) || !storage.isPeerVisible { storage = storage.copy() }
     }
 
-    /// Calls `body` with writable raw bytes, copying the storage first if it is shared.
+    /// Calls `body` with writable raw bytes, row-major, to change the tensor in place
+    /// (a kernel that updates its input, say).
+    ///
+    /// If the storage is shared with another tensor value, it is copied first
+    /// (copy-on-write), so the other value never changes; a tensor only this variable holds
+    /// is written where it is, in the shared segment on the shared-memory and MPI
+    /// transports. The bytes are valid only during the call; bind them to the dtype's
+    /// element type to write elements, or use ``withUnsafeMutableBufferPointer(as:_:)``.
+    /// For a new tensor, ``init(unsafeUninitializedShape:dtype:initializingWith:)`` skips
+    /// the zero fill.
     public mutating func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
         makeUnique()
         return try body(UnsafeMutableRawBufferPointer(start: storage.pointer, count: byteCount))
