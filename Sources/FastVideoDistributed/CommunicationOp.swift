@@ -6,8 +6,8 @@
 
 /// `tensor_model_parallel_all_reduce`: reduction over the tensor-parallel group.
 ///
-/// - Throws: ``FVDError/noParallelState`` outside ``ParallelState/withCurrent(_:)``,
-///   and the errors of ``GroupCoordinator/allReduce(_:op:)``.
+/// - Throws: ``FVDError/noParallelState`` outside ``ParallelState/withCurrent(_:)-7uxvz``,
+///   and the errors of ``GroupCoordinator/allReduce(_:op:)-3jrs4``.
 public func tensorModelParallelAllReduce(_ input: Tensor, op: ReduceOp = .sum) throws -> Tensor {
     try ParallelState.require().tensorModelParallelAllReduce(input, op: op)
 }
@@ -42,21 +42,21 @@ public func sequenceModelParallelAllGatherWithUnpad(_ input: Tensor, originalLen
 }
 
 extension ParallelState {
-    /// `tensor_model_parallel_all_reduce`: ``GroupCoordinator/allReduce(_:op:)`` on the TP group.
+    /// `tensor_model_parallel_all_reduce`: ``GroupCoordinator/allReduce(_:op:)-3jrs4`` on the TP group.
     ///
     /// Same shape and dtype as the input; reduced in TP-rank order, bitwise equal on every rank.
     public func tensorModelParallelAllReduce(_ input: Tensor, op: ReduceOp = .sum) throws -> Tensor {
         try tensorParallel.allReduce(input, op: op)
     }
 
-    /// `tensor_model_parallel_all_gather`: ``GroupCoordinator/allGather(_:dim:)`` on the TP group.
+    /// `tensor_model_parallel_all_gather`: ``GroupCoordinator/allGather(_:dim:)-1nply`` on the TP group.
     ///
     /// Output `shape[dim] = tp × input.shape[dim]`, inputs concatenated in TP-rank order.
     public func tensorModelParallelAllGather(_ input: Tensor, dim: Int = -1) throws -> Tensor {
         try tensorParallel.allGather(input, dim: dim, op: .tensorModelParallelAllGather)
     }
 
-    /// `sequence_model_parallel_all_gather`: ``GroupCoordinator/allGather(_:dim:)`` on the SP group.
+    /// `sequence_model_parallel_all_gather`: ``GroupCoordinator/allGather(_:dim:)-1nply`` on the SP group.
     public func sequenceModelParallelAllGather(_ input: Tensor, dim: Int = -1) throws -> Tensor {
         try sequenceParallel.allGather(input, dim: dim, op: .sequenceModelParallelAllGather)
     }

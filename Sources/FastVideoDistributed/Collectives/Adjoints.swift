@@ -16,23 +16,23 @@
 ///
 /// Each is one collective (or one all-reduce) of the same cost as the forward operation.
 extension GroupCoordinator {
-    /// The adjoint of ``allReduce(_:op:)`` with `sum`: the gradients summed over the group.
+    /// The adjoint of ``allReduce(_:op:)-3jrs4`` with `sum`: the gradients summed over the group.
     public func allReduceVJP(_ gradient: Tensor) throws -> Tensor {
         try allReduce(gradient, op: .sum)
     }
 
-    /// The adjoint of ``allGather(_:dim:)``: the gradients summed over the group, this
+    /// The adjoint of ``allGather(_:dim:)-1nply``: the gradients summed over the group, this
     /// rank's block along `dim` kept (a reduce-scatter).
     public func allGatherVJP(_ gradient: Tensor, dim: Int = -1) throws -> Tensor {
         try reduceScatter(gradient, dim: dim, op: .sum)
     }
 
-    /// The adjoint of ``reduceScatter(_:dim:op:)`` with `sum`: the all-gather of the gradients.
+    /// The adjoint of ``reduceScatter(_:dim:op:)-2em2i`` with `sum`: the all-gather of the gradients.
     public func reduceScatterVJP(_ gradient: Tensor, dim: Int = -1) throws -> Tensor {
         try allGather(gradient, dim: dim)
     }
 
-    /// The adjoint of ``allToAll4D(_:scatterDim:gatherDim:split:)``: the all-to-all the
+    /// The adjoint of ``allToAll4D(_:scatterDim:gatherDim:split:)-7l3jd``: the all-to-all the
     /// other way with the same split (the exchange is a permutation).
     ///
     /// With a split, the adjoint scatters what the forward call gathered, so it needs the
@@ -57,14 +57,14 @@ extension GroupCoordinator {
         return try allToAll4D(gradient, scatterDim: gatherDim, gatherDim: scatterDim, split: split)
     }
 
-    /// The adjoint of ``broadcast(_:from:)``: on `root`, the gradients summed over the
+    /// The adjoint of ``broadcast(_:from:)-50ws7``: on `root`, the gradients summed over the
     /// group; zeros elsewhere (their inputs were not read).
     public func broadcastVJP(_ gradient: Tensor, from root: Int = 0) throws -> Tensor {
         let sum = try allReduce(gradient, op: .sum)
         return rankInGroup == root ? sum : try Tensor(zeros: gradient.shape, dtype: gradient.dtype)
     }
 
-    /// The adjoint of ``gather(_:to:dim:)``: the root's gradient (pass `nil` elsewhere),
+    /// The adjoint of ``gather(_:to:dim:)-7rwah``: the root's gradient (pass `nil` elsewhere),
     /// sliced along `dim`, each rank getting its block.
     ///
     /// - Throws: ``FVDError/indivisible(op:dim:size:parts:)`` when the root's gradient does
@@ -80,22 +80,22 @@ extension GroupCoordinator {
 }
 
 extension ParallelState {
-    /// The adjoint of ``tensorModelParallelAllReduce(_:op:)`` (sum): the TP all-reduce.
+    /// The adjoint of ``tensorModelParallelAllReduce(_:op:)-12nb4`` (sum): the TP all-reduce.
     public func tensorModelParallelAllReduceVJP(_ gradient: Tensor) throws -> Tensor {
         try tensorParallel.allReduceVJP(gradient)
     }
 
-    /// The adjoint of ``tensorModelParallelAllGather(_:dim:)``: the TP reduce-scatter.
+    /// The adjoint of ``tensorModelParallelAllGather(_:dim:)-5d1s6``: the TP reduce-scatter.
     public func tensorModelParallelAllGatherVJP(_ gradient: Tensor, dim: Int = -1) throws -> Tensor {
         try tensorParallel.allGatherVJP(gradient, dim: dim)
     }
 
-    /// The adjoint of ``sequenceModelParallelAllGather(_:dim:)``: the SP reduce-scatter.
+    /// The adjoint of ``sequenceModelParallelAllGather(_:dim:)-170gl``: the SP reduce-scatter.
     public func sequenceModelParallelAllGatherVJP(_ gradient: Tensor, dim: Int = -1) throws -> Tensor {
         try sequenceParallel.allGatherVJP(gradient, dim: dim)
     }
 
-    /// The adjoint of ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:split:)``:
+    /// The adjoint of ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:split:)-2qzym``:
     /// the all-to-all the other way, with the same split.
     public func sequenceModelParallelAllToAll4DVJP(
         _ gradient: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil
@@ -114,7 +114,7 @@ extension ParallelState {
         return try gathered.scaled(by: 1 / Double(sequenceParallel.size), op: "sequence_model_parallel_shard_vjp")
     }
 
-    /// The adjoint of ``sequenceModelParallelAllGatherWithUnpad(_:originalLength:dim:)``:
+    /// The adjoint of ``sequenceModelParallelAllGatherWithUnpad(_:originalLength:dim:)-63o2h``:
     /// the gradient (length `originalLength` along `dim`) zero-padded back to the group's
     /// whole length, summed over the group, this rank's block kept.
     public func sequenceModelParallelAllGatherWithUnpadVJP(_ gradient: Tensor, shardLength: Int, dim: Int = -2) throws -> Tensor {

@@ -83,7 +83,7 @@ public struct AllToAllSplit: Sendable, Equatable, CustomStringConvertible {
 
 extension GroupCoordinator {
     /// The Ulysses all-to-all of a `[B, S, H, D]` tensor (see
-    /// ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:split:)``).
+    /// ``sequenceModelParallelAllToAll4D(_:scatterDim:gatherDim:split:)-2pb61``).
     ///
     /// - Parameters:
     ///   - input: `[B, S, H, D]`: a sequence shard with every head for `(2, 1)`, a slice of
@@ -106,9 +106,9 @@ extension GroupCoordinator {
     /// input)`): no tensor is allocated.
     ///
     /// `output` must have the result's shape and `input`'s dtype (see
-    /// ``allToAll4D(_:scatterDim:gatherDim:split:)``); if it shares storage with another
+    /// ``allToAll4D(_:scatterDim:gatherDim:split:)-7l3jd``); if it shares storage with another
     /// value, it is copied first (copy-on-write).
-    /// - Throws: the errors of ``allToAll4D(_:scatterDim:gatherDim:split:)``;
+    /// - Throws: the errors of ``allToAll4D(_:scatterDim:gatherDim:split:)-7l3jd``;
     ///   ``FVDError/invalidArgument(_:)`` on this rank alone (the others complete the call)
     ///   when `output` has another shape or dtype, and `output` is unchanged.
     public func allToAll4D(

@@ -6,10 +6,17 @@ import Synchronization
 /// runs while this rank computes: torch.distributed's `async_op=True` work handle.
 ///
 /// ``wait()`` blocks until the collective has finished and returns its result or throws
-/// its error; calling it again returns the same. A handle that is never waited on still
-/// runs, in order; wait for every handle before the rank's work returns.
+/// its error; ``value`` is the same for Swift concurrency, suspending the task instead of
+/// blocking its thread. Either may be asked again and returns the same. A handle that is
+/// never waited on still runs, in order; wait for every handle before the rank's work returns.
 public final class CollectiveHandle<Value: Sendable>: Sendable {
-    private let outcome = Locked<Result<Value, any Error>?>(nil)
+    private struct State {
+        var outcome: Result<Value, any Error>?
+        /// Tasks suspended in ``value`` until the outcome is known.
+        var waiters: [CheckedContinuation<Value, any Error>] = []
+    }
+
+    private let state = Locked(State())
     private let done = DispatchSemaphore(value: 0)
 
     init() {}
@@ -22,38 +29,70 @@ public final class CollectiveHandle<Value: Sendable>: Sendable {
     }
 
     func finish(_ result: Result<Value, any Error>) {
-        outcome.withLock { $0 = result }
+        let waiters = state.withLock { state in
+            state.outcome = result
+            defer { state.waiters = [] }
+            return state.waiters
+        }
         done.signal()
+        for waiter in waiters { waiter.resume(with: result) }
     }
 
     /// Whether the collective has finished (successfully or not); never blocks.
-    public var isCompleted: Bool { outcome.withLock { $0 != nil } }
+    public var isCompleted: Bool { state.withLock { $0.outcome != nil } }
 
     /// Blocks until the collective has finished; returns its result or throws its error.
+    ///
+    /// In Swift concurrency use ``value``: this call would hold a thread of the
+    /// cooperative pool for the whole collective.
     public func wait() throws -> Value {
-        if let result = outcome.withLock({ $0 }) { return try result.get() }
+        if let result = state.withLock({ $0.outcome }) { return try result.get() }
         done.wait()
         done.signal()  // later waits return at once
-        return try outcome.withLock { $0! }.get()
+        return try state.withLock { $0.outcome! }.get()
+    }
+
+    /// The collective's result once it has finished, or its error: ``wait()`` for Swift
+    /// concurrency. The task suspends; no thread blocks.
+    ///
+    /// Cancelling the waiting task does not stop the collective (its peers take part in
+    /// it): the result is still returned when it ends.
+    public var value: Value {
+        get async throws {
+            try await withCheckedThrowingContinuation { waiter in
+                let outcome = state.withLock { state -> Result<Value, any Error>? in
+                    if state.outcome == nil { state.waiters.append(waiter) }
+                    return state.outcome
+                }
+                if let outcome { waiter.resume(with: outcome) }
+            }
+        }
     }
 }
 
-/// The thread on which a coordinator runs its started collectives, one after the other.
+/// The thread on which a coordinator runs its started collectives and its `async` calls,
+/// one after the other.
 ///
 /// A collective called directly while started ones are still pending waits for them
 /// first, so every rank issues its calls on a group in program order. The thread is the
 /// lane's own (not a dispatch or cooperative pool's: a collective blocks); it starts with
-/// the first job and ends when no job is left, so an idle coordinator holds no thread.
+/// the first job and ends once no job has come for ``lingering``, so an idle coordinator
+/// holds no thread and a rank calling `async` collectives in a loop starts it once.
 final class AsyncLane: Sendable {
     private struct State {
         /// Jobs in order.
         var jobs: [@Sendable () -> Void] = []
-        /// The thread running them, while there are any.
+        /// The thread running them, while there are any or it lingers.
         var thread: Thread?
     }
 
+    /// How long the thread waits for another job before it ends.
+    static let lingering: DispatchTimeInterval = .milliseconds(100)
+
     private let state = Locked(State())
     private let pending = Atomic<Int>(0)
+    /// Signalled once per job, for a lingering thread.
+    private let arrived = DispatchSemaphore(value: 0)
     private let label: String
 
     init(label: String) { self.label = label }
@@ -72,31 +111,42 @@ final class AsyncLane: Sendable {
             self.pending.subtract(1, ordering: .acquiringAndReleasing)
             handle.finish(result)
         }
-        let shared = state
-        let start = shared.withLock { state -> Thread? in
+        let start = state.withLock { state -> Thread? in
             state.jobs.append(job)
             guard state.thread == nil else { return nil }
-            let thread = Thread { AsyncLane.runJobs(shared) }
+            let thread = Thread { self.runJobs() }
             state.thread = thread
             return thread
         }
         if let start {
             start.name = label
             start.start()
+        } else {
+            arrived.signal()
         }
         return handle
     }
 
-    /// The thread's loop: the jobs in order until none is left.
-    private static func runJobs(_ state: Locked<State>) {
-        while let job = state.withLock({ state -> (@Sendable () -> Void)? in
-            guard !state.jobs.isEmpty else {
-                state.thread = nil
-                return nil
+    /// The thread's loop: the jobs in order, then, once none is left, a wait of
+    /// ``lingering`` for another before it ends.
+    private func runJobs() {
+        while true {
+            let job = state.withLock { state -> (@Sendable () -> Void)? in
+                state.jobs.isEmpty ? nil : state.jobs.removeFirst()
             }
-            return state.jobs.removeFirst()
-        }) {
-            job()
+            if let job {
+                job()
+                continue
+            }
+            if arrived.wait(timeout: .now() + Self.lingering) == .success { continue }
+            // No job came: end, unless one was queued just now (its signal is then left
+            // for a later thread, which at worst looks once more).
+            let ends = state.withLock { state -> Bool in
+                guard state.jobs.isEmpty else { return false }
+                state.thread = nil
+                return true
+            }
+            if ends { return }
         }
     }
 
@@ -120,22 +170,22 @@ extension GroupCoordinator {
         lane.submit { try operation(self) }
     }
 
-    /// Starts ``allReduce(_:op:)``.
+    /// Starts ``allReduce(_:op:)-3jrs4``.
     public func startAllReduce(_ input: Tensor, op: ReduceOp = .sum) -> CollectiveHandle<Tensor> {
         start { try $0.allReduce(input, op: op) }
     }
 
-    /// Starts ``allGather(_:dim:)``.
+    /// Starts ``allGather(_:dim:)-1nply``.
     public func startAllGather(_ input: Tensor, dim: Int = -1) -> CollectiveHandle<Tensor> {
         start { try $0.allGather(input, dim: dim) }
     }
 
-    /// Starts ``reduceScatter(_:dim:op:)``.
+    /// Starts ``reduceScatter(_:dim:op:)-2em2i``.
     public func startReduceScatter(_ input: Tensor, dim: Int = -1, op: ReduceOp = .sum) -> CollectiveHandle<Tensor> {
         start { try $0.reduceScatter(input, dim: dim, op: op) }
     }
 
-    /// Starts ``allToAll4D(_:scatterDim:gatherDim:split:)``.
+    /// Starts ``allToAll4D(_:scatterDim:gatherDim:split:)-7l3jd``.
     public func startAllToAll4D(_ input: Tensor, scatterDim: Int = 2, gatherDim: Int = 1, split: AllToAllSplit? = nil)
         -> CollectiveHandle<Tensor>
     {
@@ -148,7 +198,7 @@ extension GroupCoordinator {
     /// Chunk `k` holds, of the whole result `[B, S, h, D]` (`h` this rank's heads), the heads
     /// `k`-th of the balanced split of `h` into `chunks` (the first `h % chunks` one
     /// larger; empty chunks when `chunks > h`); concatenated along dim 2 they are the
-    /// result of ``allToAll4D(_:scatterDim:gatherDim:split:)``. Each byte is still copied
+    /// result of ``allToAll4D(_:scatterDim:gatherDim:split:)-7l3jd``. Each byte is still copied
     /// once. Every rank passes the same `chunks`.
     /// - Throws: at ``CollectiveHandle/wait()``: the all-to-all's errors, and
     ///   ``FVDError/invalidArgument(_:)`` for `chunks < 1`.

@@ -28,10 +28,10 @@ extension GroupCoordinator {
     /// In-place all-reduce, like `torch.distributed.all_reduce(tensor)`: `tensor` is
     /// replaced by the elementwise reduction over the group.
     ///
-    /// The same bits as ``allReduce(_:op:)`` (which ranks may mix with this one in one
+    /// The same bits as ``allReduce(_:op:)-3jrs4`` (which ranks may mix with this one in one
     /// call), without allocating an output. If `tensor` shares storage with another
     /// value, it is copied first (copy-on-write); the other value is untouched.
-    /// - Throws: the errors of ``allReduce(_:op:)``. Argument and mismatch errors leave
+    /// - Throws: the errors of ``allReduce(_:op:)-3jrs4``. Argument and mismatch errors leave
     ///   `tensor` unchanged; after ``FVDError/peerFailed(rank:message:)`` or a timeout
     ///   its contents are unspecified (as with NCCL).
     public func allReduce(inPlace tensor: inout Tensor, op: ReduceOp = .sum) throws {
@@ -117,7 +117,7 @@ extension GroupCoordinator {
     /// With `n` ranks, `tensor.shape[dim]` must divide by `n` and block `r` is
     /// entries `r·(L/n) ..< (r+1)·(L/n)`. Ranks copy straight from each other's tensors,
     /// so no output is allocated and a rank's own block is never copied. All ranks must
-    /// call this form (mixing it with ``allGather(_:dim:)`` is an operation mismatch).
+    /// call this form (mixing it with ``allGather(_:dim:)-1nply`` is an operation mismatch).
     /// - Throws: ``FVDError/indivisible(op:dim:size:parts:)``, ``FVDError/invalidDimension(op:dim:ndim:)``
     ///   and the mismatch errors, on every rank, before any data moves.
     public func allGather(inPlace tensor: inout Tensor, dim: Int = -1) throws {
@@ -162,7 +162,7 @@ extension GroupCoordinator {
     ///
     /// - Returns: the input's shape with `shape[dim]` divided by the group size.
     /// - Throws: ``FVDError/indivisible(op:dim:size:parts:)`` if `shape[dim]` does not
-    ///   divide by the group size; the mismatch and dtype errors as ``allReduce(_:op:)``.
+    ///   divide by the group size; the mismatch and dtype errors as ``allReduce(_:op:)-3jrs4``.
     public func reduceScatter(_ input: Tensor, dim: Int = -1, op: ReduceOp = .sum) throws -> Tensor {
         try reduceScatter(input, dim: dim, op: op, into: nil)
     }
@@ -171,9 +171,9 @@ extension GroupCoordinator {
     /// input)`): no tensor is allocated.
     ///
     /// `output` must have the result's shape and `input`'s dtype (see
-    /// ``reduceScatter(_:dim:op:)``); if it shares storage with another value, it is copied
+    /// ``reduceScatter(_:dim:op:)-2em2i``); if it shares storage with another value, it is copied
     /// first (copy-on-write).
-    /// - Throws: the errors of ``reduceScatter(_:dim:op:)``; ``FVDError/invalidArgument(_:)``
+    /// - Throws: the errors of ``reduceScatter(_:dim:op:)-2em2i``; ``FVDError/invalidArgument(_:)``
     ///   on this rank alone (the others complete the call) when `output` has another shape
     ///   or dtype, and `output` is unchanged.
     public func reduceScatter(_ input: Tensor, into output: inout Tensor, dim: Int = -1, op: ReduceOp = .sum) throws {
@@ -266,9 +266,9 @@ extension GroupCoordinator {
     /// but `root`, `tensor` is replaced by the root's (all ranks pass the same shape and
     /// dtype). No tensor is allocated.
     ///
-    /// The same bits as ``broadcast(_:from:)``, which ranks may mix with this one in one
+    /// The same bits as ``broadcast(_:from:)-50ws7``, which ranks may mix with this one in one
     /// call. If `tensor` shares storage with another value, it is copied first
-    /// (copy-on-write). Errors as ``broadcast(_:from:)``; they leave `tensor` unchanged.
+    /// (copy-on-write). Errors as ``broadcast(_:from:)-50ws7``; they leave `tensor` unchanged.
     public func broadcast(inPlace tensor: inout Tensor, from root: Int = 0) throws {
         let name = "broadcast"
         if size == 1 {

@@ -85,14 +85,14 @@ extension GroupCoordinator {
     /// Returns group rank `root`'s list on every rank (FastVideo's `broadcast_object_list`).
     ///
     /// Unlike torch, the other ranks need not pass a list of the same length: they get the
-    /// root's whole list. Errors as ``broadcastObject(_:from:)``.
+    /// root's whole list. Errors as ``broadcastObject(_:from:)-24m0o``.
     public func broadcastObjectList<T: Codable & Sendable>(_ list: [T]?, from root: Int = 0) throws -> [T] {
         try broadcastObject(list, from: root)
     }
 
     /// Sends any `Codable` value to group rank `destination` (FastVideo's `send_object`).
     ///
-    /// One ``send(_:to:)`` of its JSON. A value that does not encode is an error here and
+    /// One ``send(_:to:)-3j66f`` of its JSON. A value that does not encode is an error here and
     /// at the receiver, which gets the reason instead of the value.
     public func sendObject<T: Codable & Sendable>(_ value: T, to destination: Int? = nil) throws {
         let payload = ObjectPayload.encode(value)
@@ -102,7 +102,7 @@ extension GroupCoordinator {
         }
     }
 
-    /// Receives the next value group rank `source` sent with ``sendObject(_:to:)``.
+    /// Receives the next value group rank `source` sent with ``sendObject(_:to:)-9vum7``.
     public func recvObject<T: Codable & Sendable>(_ type: T.Type = T.self, from source: Int? = nil) throws -> T {
         let origin = source ?? (rankInGroup - 1 + size) % size
         let tensor = try recv(from: origin)
@@ -111,14 +111,14 @@ extension GroupCoordinator {
 
     /// Sends named tensors and their metadata to group rank `destination`
     /// (FastVideo's `send_tensor_dict`): the names and metadata as one object, then each
-    /// tensor with ``send(_:to:)`` in name order. Empty tensors and empty dicts are fine.
+    /// tensor with ``send(_:to:)-3j66f`` in name order. Empty tensors and empty dicts are fine.
     public func sendTensorDict<M>(_ dict: TensorDict<M>, to destination: Int? = nil) throws {
         let names = dict.tensors.keys.sorted()
         try sendObject(Manifest(names: names, metadata: dict.metadata), to: destination)
         for name in names { try send(dict.tensors[name]!, to: destination) }
     }
 
-    /// Receives what group rank `source` sent with ``sendTensorDict(_:to:)``.
+    /// Receives what group rank `source` sent with ``sendTensorDict(_:to:)-2csf0``.
     ///
     /// - Throws: on this rank, ``FVDError/invalidArgument(_:)`` when the metadata is not a
     ///   `M` (after every tensor has arrived, so the sender is never left waiting).
@@ -141,7 +141,7 @@ extension GroupCoordinator {
     /// Returns group rank `root`'s named tensors and metadata on every rank
     /// (FastVideo's `broadcast_tensor_dict`): the names and metadata as one object, then
     /// each tensor with its shape and dtype. Other ranks pass `nil`.
-    /// - Throws: the errors of ``broadcastObject(_:from:)``.
+    /// - Throws: the errors of ``broadcastObject(_:from:)-24m0o``.
     public func broadcastTensorDict<M>(_ dict: TensorDict<M>?, from root: Int = 0) throws -> TensorDict<M> {
         let names = dict.map { $0.tensors.keys.sorted() }
         let manifest = try broadcastObject(dict.map { Manifest(names: names!, metadata: $0.metadata) }, from: root)

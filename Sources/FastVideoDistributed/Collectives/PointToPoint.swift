@@ -53,7 +53,7 @@ extension GroupCoordinator {
     /// Receives the next tensor group rank `source` sends to this rank into `tensor`, like
     /// `torch.distributed.recv(tensor, src)`: no new tensor is allocated.
     ///
-    /// - Throws: the errors of ``recv(from:shape:dtype:)``, with `tensor`'s shape and dtype
+    /// - Throws: the errors of ``recv(from:shape:dtype:)-9ii5c``, with `tensor`'s shape and dtype
     ///   as the expected ones; `tensor` is unchanged then.
     public func recv(into tensor: inout Tensor, from source: Int? = nil) throws {
         tensor.makeUnique()

@@ -1,12 +1,12 @@
 /// One process group as seen from one rank: FastVideo's `GroupCoordinator`.
 ///
 /// It knows the group's members and this rank's place among them, and runs the
-/// collectives (``allReduce(_:op:)``, ``allGather(_:dim:)``, ``reduceScatter(_:dim:op:)``,
-/// ``gather(_:to:dim:)``, ``broadcast(_:from:)``, ``barrier()``,
-/// ``allToAll4D(_:scatterDim:gatherDim:split:)``), point-to-point transfers
-/// (``send(_:to:)``, ``recv(from:shape:dtype:)``, ``sendTensorDict(_:to:)``,
-/// ``recvTensorDict(_:from:)``) and object broadcasts (``broadcastObject(_:from:)``,
-/// ``broadcastTensorDict(_:from:)``). Every member must call the same
+/// collectives (``allReduce(_:op:)-3jrs4``, ``allGather(_:dim:)-1nply``, ``reduceScatter(_:dim:op:)-2em2i``,
+/// ``gather(_:to:dim:)-7rwah``, ``broadcast(_:from:)-50ws7``, ``barrier()-9ics7``,
+/// ``allToAll4D(_:scatterDim:gatherDim:split:)-7l3jd``), point-to-point transfers
+/// (``send(_:to:)-3j66f``, ``recv(from:shape:dtype:)-9ii5c``, ``sendTensorDict(_:to:)-2csf0``,
+/// ``recvTensorDict(_:from:)-xnjd``) and object broadcasts (``broadcastObject(_:from:)-24m0o``,
+/// ``broadcastTensorDict(_:from:)-rpu3``). Every member must call the same
 /// collectives in the same order; a coordinator is used by its rank's thread only
 /// (using it from two threads at once throws ``FVDError/concurrentUse(group:)``).
 ///

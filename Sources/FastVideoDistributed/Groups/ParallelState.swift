@@ -9,10 +9,10 @@
 /// Unlike FastVideo, the sizes are validated. Tensor and sequence parallelism share
 /// ranks (FastVideo runs TP in the text encoder and SP in the DiT on the same GPUs).
 ///
-/// The module-level functions (``tensorModelParallelAllReduce(_:op:)`` and the others)
+/// The module-level functions (``tensorModelParallelAllReduce(_:op:)-12nb4`` and the others)
 /// find the state the way FastVideo's find their global groups: through
 /// ``ParallelState/current``, a task-local (thread-local outside tasks) value bound with
-/// ``withCurrent(_:)``. Calling the coordinators directly needs no binding.
+/// ``withCurrent(_:)-7uxvz``. Calling the coordinators directly needs no binding.
 public struct ParallelState: Sendable, CustomStringConvertible {
     /// The whole world.
     public let world: GroupCoordinator
@@ -65,7 +65,7 @@ public struct ParallelState: Sendable, CustomStringConvertible {
 
     public var description: String { describe() }
 
-    /// The state bound by ``withCurrent(_:)`` on this task or thread.
+    /// The state bound by ``withCurrent(_:)-7uxvz`` on this task or thread.
     @TaskLocal public static var current: ParallelState?
 
     /// Binds this state as ``current`` while `body` runs, for the module-level functions.

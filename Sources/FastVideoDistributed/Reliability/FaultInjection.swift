@@ -34,7 +34,7 @@ public struct Fault: Sendable, Hashable, CustomStringConvertible {
         case fail
         /// The rank's process exits with `status`, 0 through 255 (`exit`, so exit hooks run). In an
         /// in-process world the rank's thread leaves instead, and
-        /// ``InProcessWorld/runEach(_:)`` reports ``FVDError/peerExited(rank:op:group:)``
+        /// ``InProcessWorld/runEach(_:)-5jdpu`` reports ``FVDError/peerExited(rank:op:group:)``
         /// for it; its peers see a rank that left.
         case exit(status: Int32)
         /// The rank's process is killed by `SIGKILL` (no exit hooks). In an in-process

@@ -248,27 +248,14 @@ public struct InProcessWorld: Sendable {
     /// returns while its peers still wait for it makes them throw
     /// ``FVDError/peerExited(rank:op:group:)``.
     public func runEach<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) throws -> R) -> [Result<R, any Error>] {
-        let state = InProcessWorldState(size: size, timeout: timeout)
-        let factory: any ChannelFactory =
-            faults.isEmpty ? state : FaultInjectingFactory(wrapping: state, faults: faults, ranksAreProcesses: false)
+        let ranks = RankRunner(self)
         let results = Locked<[Result<R, any Error>?]>(Array(repeating: nil, count: size))
         let done = DispatchGroup()
         for rank in 0..<size {
             done.enter()
             let thread = Thread {
-                let outcome: Result<R, any Error>
-                do {
-                    let world = try GroupCoordinator(name: "world", ranks: Array(0..<state.size), rank: rank, factory: factory)
-                    outcome = .success(try body(world))
-                } catch let exit as InjectedExit {
-                    // The rank left as a process would by exiting: its peers see it gone, not failed.
-                    outcome = .failure(FVDError.peerExited(rank: rank, op: exit.op, group: exit.group))
-                } catch {
-                    outcome = .failure(error)
-                    state.abort(.peerFailed(rank: rank, message: String(describing: error)))
-                }
+                let outcome = ranks.finish(rank, Result { try body(ranks.worldGroup(rank)) })
                 results.withLock { $0[rank] = outcome }
-                state.markExited(rank)
                 done.leave()
             }
             thread.name = "fvd-rank-\(rank)"
@@ -279,13 +266,59 @@ public struct InProcessWorld: Sendable {
         return results.withLock { $0.map { $0! } }
     }
 
+    /// Runs the asynchronous `body` once per rank, each rank a child task, and returns each
+    /// rank's outcome; failures end the world as in ``runEach(_:)-5jdpu``.
+    ///
+    /// The ranks' collectives must be the `async` overloads (which suspend the task while
+    /// the call runs on the coordinator's own thread): a blocking call would hold a thread of
+    /// the cooperative pool, and with more ranks than it has threads the ranks left without
+    /// one never arrive, so the others time out.
+    public func runEach<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) async throws -> R) async -> [Result<R, any Error>] {
+        let ranks = RankRunner(self)
+        return await withTaskGroup(of: (Int, Result<R, any Error>).self) { tasks in
+            for rank in 0..<size {
+                tasks.addTask {
+                    let outcome: Result<R, any Error>
+                    do { outcome = .success(try await body(try ranks.worldGroup(rank))) } catch { outcome = .failure(error) }
+                    return (rank, ranks.finish(rank, outcome))
+                }
+            }
+            var results = [Result<R, any Error>?](repeating: nil, count: size)
+            for await (rank, outcome) in tasks { results[rank] = outcome }
+            return results.map { $0! }
+        }
+    }
+
     /// Runs `body` once per rank and returns the results in rank order.
     ///
     /// - Throws: the error of the rank that failed first in the chain of causes: the
     ///   lowest rank whose error is not merely a consequence of another rank's
     ///   failure (``FVDError/peerFailed(rank:message:)``, ``FVDError/peerExited(rank:op:group:)``).
     public func run<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) throws -> R) throws -> [R] {
-        let results = runEach(body)
+        try Self.firstFailure(runEach(body))
+    }
+
+    /// Runs the asynchronous `body` once per rank, each rank a child task, and returns the
+    /// results in rank order: ``run(_:)-7vkdf`` for Swift concurrency.
+    ///
+    /// ```swift
+    /// let sums = try await World.inProcess(size: 8).run { group async throws -> [Float] in
+    ///     let x = try Tensor(shape: [4], scalars: [Float](repeating: Float(group.rank), count: 4))
+    ///     return try await group.allReduce(x).scalars(as: Float.self)
+    /// }
+    /// ```
+    /// Use the `async` overloads of the collectives inside `body` (see
+    /// ``runEach(_:)-17529`` and <doc:SwiftConcurrency>): ranks then take no thread of the
+    /// cooperative pool while they wait, so any number of them run on any number of cores.
+    /// - Throws: as the blocking form: the first error in the chain of causes.
+    public func run<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) async throws -> R) async throws -> [R] {
+        try Self.firstFailure(await runEach(body))
+    }
+
+    /// The results, or the error of the rank that failed first in the chain of causes: the
+    /// lowest rank whose error is not merely a consequence of another rank's failure
+    /// (``FVDError/peerFailed(rank:message:)``, ``FVDError/peerExited(rank:op:group:)``).
+    private static func firstFailure<R>(_ results: [Result<R, any Error>]) throws -> [R] {
         let failures = results.compactMap { result -> (any Error)? in
             if case .failure(let e) = result { return e }
             return nil
@@ -296,10 +329,41 @@ public struct InProcessWorld: Sendable {
         return results.map { try! $0.get() }
     }
 
-    private func isConsequence(_ error: any Error) -> Bool {
+    private static func isConsequence(_ error: any Error) -> Bool {
         switch error as? FVDError {
         case .peerFailed?, .peerExited?: return true
         default: return false
+        }
+    }
+}
+
+/// The world of one ``InProcessWorld`` run and what each rank does at its start and end,
+/// shared by the thread and the task forms.
+private struct RankRunner: Sendable {
+    let state: InProcessWorldState
+    let factory: any ChannelFactory
+
+    init(_ world: InProcessWorld) {
+        state = InProcessWorldState(size: world.size, timeout: world.timeout)
+        factory = world.faults.isEmpty ? state : FaultInjectingFactory(wrapping: state, faults: world.faults, ranksAreProcesses: false)
+    }
+
+    /// Rank `rank`'s group of the whole world.
+    func worldGroup(_ rank: Int) throws -> GroupCoordinator {
+        try GroupCoordinator(name: "world", ranks: Array(0..<state.size), rank: rank, factory: factory)
+    }
+
+    /// Ends rank `rank` with `outcome`: a failure aborts the world, so that its peers throw
+    /// ``FVDError/peerFailed(rank:message:)`` promptly; an injected exit leaves as a process
+    /// would by exiting (its peers see it gone, not failed). Returns the rank's outcome.
+    func finish<R>(_ rank: Int, _ outcome: Result<R, any Error>) -> Result<R, any Error> {
+        defer { state.markExited(rank) }
+        switch outcome {
+        case .success: return outcome
+        case .failure(let exit as InjectedExit): return .failure(FVDError.peerExited(rank: rank, op: exit.op, group: exit.group))
+        case .failure(let error):
+            state.abort(.peerFailed(rank: rank, message: String(describing: error)))
+            return outcome
         }
     }
 }

@@ -12,7 +12,7 @@ public struct ProcessWorld: Sendable {
     public let group: GroupCoordinator
     /// `shared memory` or `MPI` for a multi-process world, `single process` for a world of one.
     public let transport: String
-    /// Tells the peers that `body` of ``run(_:)`` threw this error.
+    /// Tells the peers that `body` of ``run(_:)-3vhwb`` threw this error.
     let failureHook: (@Sendable (any Error) -> Void)?
     /// Tells the peers that this process is exiting.
     let exitHook: (@Sendable () -> Void)?
@@ -29,6 +29,18 @@ public struct ProcessWorld: Sendable {
     public func run<R>(_ body: (GroupCoordinator) throws -> R) throws -> R {
         do {
             return try body(group)
+        } catch {
+            failureHook?(error)
+            throw error
+        }
+    }
+
+    /// Runs the asynchronous `body` with the world group: ``run(_:)-3vhwb``
+    /// for Swift concurrency (use the collectives' `async` overloads inside). A thrown error
+    /// tells the peers as there.
+    public func run<R>(_ body: (GroupCoordinator) async throws -> R) async throws -> R {
+        do {
+            return try await body(group)
         } catch {
             failureHook?(error)
             throw error
@@ -53,7 +65,7 @@ extension World {
     /// each byte once, as in-process. A tensor created before is staged there once per
     /// collective. A rank that exits makes its peers' collectives throw
     /// ``FVDError/peerExited(rank:op:group:)`` within milliseconds (exit flag or process
-    /// liveness); one that fails inside ``ProcessWorld/run(_:)`` makes them throw
+    /// liveness); one that fails inside ``ProcessWorld/run(_:)-3vhwb`` makes them throw
     /// ``FVDError/peerFailed(rank:message:)``.
     ///
     /// In a build with the package trait `MPI`, a process started by `mpirun` joins the MPI
