@@ -41,8 +41,10 @@
 #   FVD_BIN         an fvd binary to use as is (skips the swift build)
 #   MPIRUN_ARGS     extra mpirun arguments [none]
 #   HOSTS           1 (this host) or 2 (two simulated hosts, see above) [1]
-#   RESULTS_DIR     if set, the raw JSON of every run is kept there, and the tables in
-#                   RESULTS_DIR/compare.txt
+#   RESULTS_DIR     if set, the raw JSON of every run is kept there, the tables in
+#                   RESULTS_DIR/compare.txt, every side's rows in fvd bench's schema
+#                   (fvd-bench/1) in SIDE-wW.json, and a picture per world size and op
+#                   (fvd plot) in compare-wW-OP.svg
 #   STRICT=1        exit 1 when any row misses its target
 set -euo pipefail
 
@@ -152,7 +154,74 @@ for W in $WORLD_SIZES; do
         done
     done
 done
-if [[ -n "${RESULTS_DIR:-}" ]]; then cp "$WORK"/*.json "$RESULTS_DIR"/; fi
+if [[ -n "${RESULTS_DIR:-}" ]]; then
+    cp "$WORK"/*.json "$RESULTS_DIR"/
+    # Every side's runs in fvd bench's JSON schema (fvd-bench/1), the median round of each
+    # size: RESULTS_DIR/{fvd,mpi,fastvideo,shm}-wW.json; then one picture per world size and
+    # op (fvd plot, in-place forms where fvd has them, as MPI writes into preallocated
+    # buffers): RESULTS_DIR/compare-wW-OP.svg.
+    python3 - "$WORK" "$RESULTS_DIR" "$WORLD_SIZES" "$OPS" "$ROUNDS" "$FVD_TRANSPORT" <<'PY'
+import json, os, sys
+
+work, results, worlds, ops, rounds, transport = sys.argv[1:]
+ops = ["all_to_all" if o == "all_to_all_4d" else o for o in ops.split()]
+FVD_OP = {"all_to_all": "all_to_all_4d"}
+BUS = {"all_reduce": lambda n: 2 * (n - 1) / n, "broadcast": lambda n: 1, "sendrecv": lambda n: 1, "barrier": lambda n: 0}
+
+def median_row(rows, key):
+    rows = sorted((r for r in rows if r.get(key)), key=lambda r: r[key]["time_us"])
+    return rows[(len(rows) - 1) // 2][key] if rows else None
+
+for w in map(int, worlds.split()):
+    for side in ("fvd", "mpi", "fastvideo", "shm"):
+        docs, library = [], None
+        for op in ops:
+            for r in range(1, int(rounds) + 1):
+                path = os.path.join(work, f"{side}-w{w}-{op}-r{r}.json")
+                if os.path.exists(path):
+                    docs.append(json.load(open(path)))
+        if not docs:
+            continue
+        by_size = {}
+        for doc in docs:
+            library = doc.get("library", library)
+            for row in doc["rows"]:
+                if side in ("mpi", "fastvideo"):
+                    # mpi-bench/1 rows: one timing at the top level; busbw as nccl-tests has it.
+                    op = FVD_OP.get(row["op"], row["op"])
+                    factor = BUS.get(op, lambda n: (n - 1) / n)(w)
+                    timing = {k: row[k] for k in ("time_us", "time_us_min", "time_us_max", "algbw_gbps")}
+                    timing.update(busbw_gbps=row["algbw_gbps"] * factor, percent_of_copy_model=0)
+                    row = {"op": op, "count": row["count"], "dtype": row["dtype"], "size_bytes": row["size_bytes"],
+                           "input_bytes": row["input_bytes"], "out_of_place": timing, "copy_model_bytes": 0, "memcpy_gbps": 0}
+                by_size.setdefault((row["op"], row["input_bytes"]), []).append(row)
+        rows = []
+        for (op, size), group in sorted(by_size.items()):
+            row = dict(group[0])
+            row["out_of_place"] = median_row(group, "out_of_place")
+            if median_row(group, "in_place"):
+                row["in_place"] = median_row(group, "in_place")
+            rows.append(row)
+        busbw = [row[k]["busbw_gbps"] for row in rows for k in ("out_of_place", "in_place") if row.get(k)]
+        name = {"fvd": transport, "shm": "shm"}.get(side, library or "MPI")
+        doc = {"schema": "fvd-bench/1", "transport": name, "world_size": w, "dtype": docs[0]["dtype"],
+               "warmup": docs[0]["warmup"], "iterations": docs[0]["iterations"], "rounds": int(rounds), "rows": rows,
+               "avg_busbw_gbps": sum(busbw) / len(busbw) if busbw else 0}
+        with open(os.path.join(results, f"{side}-w{w}.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+PY
+    for W in $WORLD_SIZES; do
+        for op in $OPS; do
+            fvd_op=$op
+            if [[ $op == all_to_all ]]; then fvd_op=all_to_all_4d; fi
+            runs=("$RESULTS_DIR/fvd-w$W.json" "$RESULTS_DIR/mpi-w$W.json")
+            if [[ $fvd_op == all_to_all_4d && -f $RESULTS_DIR/fastvideo-w$W.json ]]; then runs+=("$RESULTS_DIR/fastvideo-w$W.json"); fi
+            if [[ -f $RESULTS_DIR/shm-w$W.json ]]; then runs+=("$RESULTS_DIR/shm-w$W.json"); fi
+            "$FVD" plot "${runs[@]}" --op "$fvd_op" --in-place -o "$RESULTS_DIR/compare-w$W-$fvd_op.svg" >&2 ||
+                die "fvd plot failed"
+        done
+    done
+fi
 
 TABLES=/dev/null
 if [[ -n "${RESULTS_DIR:-}" ]]; then TABLES=$RESULTS_DIR/compare.txt; fi

@@ -6,8 +6,8 @@ import Foundation
 public struct FVDCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "fvd",
-        abstract: "FastVideo-style collectives for parallel video-diffusion: demo, benchmark, apply, launch.",
-        subcommands: [DemoCommand.self, BenchCommand.self, ApplyCommand.self, SelfTestCommand.self, LaunchCommand.self]
+        abstract: "FastVideo-style collectives for parallel video-diffusion: demo, benchmark, plot, apply, launch.",
+        subcommands: [DemoCommand.self, BenchCommand.self, PlotCommand.self, ApplyCommand.self, SelfTestCommand.self, LaunchCommand.self]
     )
 
     public init() {}

@@ -29,19 +29,28 @@ enum BenchPlot {
     static let palette = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000"]
 
     /// A standalone SVG document of the chart.
-    static func svg(title: String, subtitle: String, series: [PlotSeries]) -> String {
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + chart(title: title, subtitle: subtitle, series: series)
+    ///
+    /// `ratios`, when given, is a second panel below, on the same x axis: each series'
+    /// value there is a ratio (e.g. a run's time over the first run's), with a line at 1.
+    static func svg(title: String, subtitle: String, series: [PlotSeries], ratios: Ratios? = nil) -> String {
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + chart(title: title, subtitle: subtitle, series: series, ratios: ratios)
+    }
+
+    /// The lower panel of a comparison: its series (values are ratios) and the y axis' title.
+    struct Ratios {
+        var series: [PlotSeries]
+        var title: String
     }
 
     /// An XHTML-compatible page with the title and the chart as inline SVG; no scripts, no external files.
-    static func html(title: String, subtitle: String, series: [PlotSeries]) -> String {
+    static func html(title: String, subtitle: String, series: [PlotSeries], ratios: Ratios? = nil) -> String {
         """
         <!DOCTYPE html>
         <html xmlns="http://www.w3.org/1999/xhtml" lang="en">
         <head><meta charset="utf-8"/><title>\(escape(title))</title>
         <style>body { font-family: sans-serif; margin: 24px; color: #222; }</style></head>
         <body>
-        \(chart(title: title, subtitle: subtitle, series: series))</body>
+        \(chart(title: title, subtitle: subtitle, series: series, ratios: ratios))</body>
         </html>
 
         """
@@ -50,6 +59,8 @@ enum BenchPlot {
     /// Geometry of one chart: where the plot area lies and which data ranges it spans.
     private struct Frame {
         var left: Double, top = 64.0, width = 640.0, height = 360.0
+        /// The y axis' title.
+        var yTitle = "bus bandwidth (GB/s)"
         /// The x range as log2 exponents of bytes.
         var xMin: Int, xMax: Int
         var yMax: Double, yStep: Double
@@ -63,13 +74,25 @@ enum BenchPlot {
         func y(_ value: Double) -> Double { bottom - min(max(value, 0), yMax) / yMax * height }
     }
 
-    /// The `<svg>` element: title, axes with grid, one line per series and the legend on the right.
-    private static func chart(title: String, subtitle: String, series: [PlotSeries]) -> String {
-        let data = series.map { $0.points.filter { $0.bytes > 0 && $0.gigabytesPerSecond.isFinite } }
-        let f = frame(for: data.flatMap { $0 })
+    /// The `<svg>` element: title, axes with grid, one line per series and the legend on the
+    /// right; then the ratio panel, if any, below on the same x range and left edge.
+    private static func chart(title: String, subtitle: String, series: [PlotSeries], ratios: Ratios? = nil) -> String {
+        let data = series.map(plotted)
+        let ratioData = ratios.map { $0.series.map(plotted) } ?? []
+        var f = frame(for: data.flatMap { $0 }, xFrom: (data + ratioData).flatMap { $0 })
+        var lower = ratios.map { ratios in
+            var lower = frame(for: ratioData.flatMap { $0 }, xFrom: (data + ratioData).flatMap { $0 }, top: f.bottom + 64, height: 200, atLeast: 1)
+            lower.yTitle = ratios.title
+            return lower
+        }
+        if let left = lower?.left, left > f.left {
+            f.left = left
+        } else if lower != nil {
+            lower!.left = f.left
+        }
         let legendWidth = 60 + 7.8 * Double(series.map(\.label.count).max() ?? 0)
         let width = max(f.right + 24 + legendWidth, 24 + 9.5 * Double(title.count), 24 + 6.8 * Double(subtitle.count))
-        let height = max(f.bottom + 56, f.top + 24 + 20 * Double(series.count))
+        let height = max((lower ?? f).bottom + 56, f.top + 24 + 20 * Double(series.count))
         var out = """
             <svg xmlns="http://www.w3.org/2000/svg" width="\(n(width))" height="\(n(height))" \
             viewBox="0 0 \(n(width)) \(n(height))" font-family="Helvetica, Arial, sans-serif">
@@ -82,20 +105,37 @@ enum BenchPlot {
         out += axes(f)
         for (i, points) in data.enumerated() { out += line(points, series[i], color(series[i].colorIndex ?? i), f) }
         out += legend(series, x: f.right + 24, y: f.top + 6)
+        if let ratios, let lower {
+            out += axes(lower)
+            let one = n(lower.y(1))
+            out += "<line x1=\"\(n(lower.left))\" y1=\"\(one)\" x2=\"\(n(lower.right))\" y2=\"\(one)\" stroke=\"#888\" stroke-dasharray=\"2 3\"/>\n"
+            for (i, points) in ratioData.enumerated() {
+                out += line(points, ratios.series[i], color(ratios.series[i].colorIndex ?? i), lower)
+            }
+        }
         return out + "</svg>\n"
     }
 
-    /// Chooses the ranges: whole powers of two around the sizes, and 0 to a nice bound above the largest value.
-    private static func frame(for points: [PlotPoint]) -> Frame {
-        let exponents = points.map { log2(Double($0.bytes)) }
+    /// The points a chart draws: a size of at least one byte and a finite value.
+    private static func plotted(_ series: PlotSeries) -> [PlotPoint] {
+        series.points.filter { $0.bytes > 0 && $0.gigabytesPerSecond.isFinite }
+    }
+
+    /// Chooses the ranges: whole powers of two around the sizes of `xFrom` (default the
+    /// points themselves), and 0 to a nice bound above the largest value or `atLeast`
+    /// (1 for a panel of ratios, so that it shows the line at 1).
+    private static func frame(
+        for points: [PlotPoint], xFrom: [PlotPoint]? = nil, top: Double = 64, height: Double = 360, atLeast: Double = 0
+    ) -> Frame {
+        let exponents = (xFrom ?? points).map { log2(Double($0.bytes)) }
         var xMin = Int((exponents.min() ?? 13).rounded(.down)), xMax = Int((exponents.max() ?? 26).rounded(.up))
         if xMax == xMin { (xMin, xMax) = (max(xMin - 1, 0), max(xMin - 1, 0) + 2) }
-        let largest = min(points.map(\.gigabytesPerSecond).max() ?? 0, 1e12)
+        let largest = min(max(points.map(\.gigabytesPerSecond).max() ?? 0, atLeast), 1e12)
         let target = largest > 0 ? largest * 1.04 : 1
         let step = niceStep(target / 5)
         let yMax = max((target / step).rounded(.up), 1) * step
         let longestTick = stride(from: 0, through: yMax, by: step).map { tickText($0, step).count }.max() ?? 1
-        return Frame(left: 44 + 6.6 * Double(longestTick), xMin: xMin, xMax: xMax, yMax: yMax, yStep: step)
+        return Frame(left: 44 + 6.6 * Double(longestTick), top: top, height: height, xMin: xMin, xMax: xMax, yMax: yMax, yStep: step)
     }
 
     /// The smallest of 1, 2, 2.5, 5 × 10ⁿ that is at least `raw`.
@@ -127,7 +167,7 @@ enum BenchPlot {
             <text x="\(n(f.left + f.width / 2))" y="\(n(f.bottom + 40))" font-size="13" fill="#222" \
             text-anchor="middle">message size per rank (bytes)</text>
             <text x="16" y="\(midY)" transform="rotate(-90 16 \(midY))" font-size="13" fill="#222" \
-            text-anchor="middle">bus bandwidth (GB/s)</text>
+            text-anchor="middle">\(escape(f.yTitle))</text>
             </g>
 
             """
