@@ -7,8 +7,9 @@
 /// (``send(_:to:)-3j66f``, ``recv(from:shape:dtype:)-9ii5c``, ``sendTensorDict(_:to:)-2csf0``,
 /// ``recvTensorDict(_:from:)-xnjd``) and object broadcasts (``broadcastObject(_:from:)-24m0o``,
 /// ``broadcastTensorDict(_:from:)-rpu3``). Every member must call the same
-/// collectives in the same order; a coordinator is used by its rank's thread only
-/// (using it from two threads at once throws ``FVDError/concurrentUse(group:)``).
+/// collectives in the same order; a coordinator is used by one thread or task of its
+/// rank at a time (using it from two threads at once throws ``FVDError/concurrentUse(group:)``).
+/// Every call has an `async` overload for Swift concurrency (see <doc:SwiftConcurrency>).
 ///
 /// Group ranks: `rankInGroup` is the index of this rank in the sorted `ranks`, and
 /// every result is assembled in that order. Arguments named `root` are group ranks,
