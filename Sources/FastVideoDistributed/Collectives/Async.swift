@@ -1,3 +1,4 @@
+import CFVDShims
 import Dispatch
 import Foundation
 import Synchronization
@@ -84,14 +85,20 @@ final class AsyncLane: Sendable {
         var jobs: [@Sendable () -> Void] = []
         /// The thread running them, while there are any or it lingers.
         var thread: Thread?
+        /// Whether the thread sleeps on ``arrived`` (and the next job must signal it).
+        var sleeping = false
     }
 
     /// How long the thread waits for another job before it ends.
     static let lingering: DispatchTimeInterval = .milliseconds(100)
+    /// How long the thread yields its CPU, looking for the next job, before it sleeps: a
+    /// task that calls `async` collectives in a loop submits the next one within
+    /// microseconds, sooner than a sleep and a wake would take.
+    static let yieldingNanoseconds: UInt64 = 20_000
 
     private let state = Locked(State())
     private let pending = Atomic<Int>(0)
-    /// Signalled once per job, for a lingering thread.
+    /// Signalled when a job comes for a sleeping thread.
     private let arrived = DispatchSemaphore(value: 0)
     private let label: String
 
@@ -111,24 +118,28 @@ final class AsyncLane: Sendable {
             self.pending.subtract(1, ordering: .acquiringAndReleasing)
             handle.finish(result)
         }
-        let start = state.withLock { state -> Thread? in
+        let (start, wake) = state.withLock { state -> (Thread?, Bool) in
             state.jobs.append(job)
-            guard state.thread == nil else { return nil }
-            let thread = Thread { self.runJobs() }
-            state.thread = thread
-            return thread
+            if state.thread == nil {
+                let thread = Thread { self.runJobs() }
+                state.thread = thread
+                return (thread, false)
+            }
+            defer { state.sleeping = false }
+            return (nil, state.sleeping)
         }
         if let start {
             start.name = label
             start.start()
-        } else {
+        } else if wake {
             arrived.signal()
         }
         return handle
     }
 
-    /// The thread's loop: the jobs in order, then, once none is left, a wait of
-    /// ``lingering`` for another before it ends.
+    /// The thread's loop: the jobs in order; once none is left, it yields its CPU for
+    /// ``yieldingNanoseconds`` looking for the next, then sleeps up to ``lingering`` before
+    /// it ends.
     private func runJobs() {
         while true {
             let job = state.withLock { state -> (@Sendable () -> Void)? in
@@ -138,15 +149,24 @@ final class AsyncLane: Sendable {
                 job()
                 continue
             }
+            let yieldUntil = fvd_now_ns() &+ Self.yieldingNanoseconds
+            while pending.load(ordering: .acquiring) == 0, fvd_now_ns() < yieldUntil { sched_yield() }
+            let sleeps = state.withLock { state -> Bool in
+                state.sleeping = state.jobs.isEmpty
+                return state.sleeping
+            }
+            guard sleeps else { continue }
             if arrived.wait(timeout: .now() + Self.lingering) == .success { continue }
-            // No job came: end, unless one was queued just now (its signal is then left
-            // for a later thread, which at worst looks once more).
             let ends = state.withLock { state -> Bool in
-                guard state.jobs.isEmpty else { return false }
+                // A job that came just as the wait timed out has signalled (or will): take
+                // that signal, then the job.
+                guard state.sleeping else { return false }
+                state.sleeping = false
                 state.thread = nil
                 return true
             }
             if ends { return }
+            arrived.wait()
         }
     }
 
