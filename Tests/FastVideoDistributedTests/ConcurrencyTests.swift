@@ -79,13 +79,16 @@ struct ConcurrencyTests {
         #expect(try await FixedPoolExecutor.withThreads(2) { try await sums() } == expected)
     }
 
+    /// The scripts' rank, group size, ring neighbours and inputs.
+    private static func scriptInputs(_ group: GroupCoordinator) -> (Int, Int, Int, Int, Tensor, Tensor, Tensor) {
+        let r = group.rankInGroup, n = group.size
+        return (r, n, (r + 1) % n, (r + n - 1) % n, randomTensor([2, 3], .float32, seed: UInt64(r)),
+                randomTensor([n * 2], .float64, seed: UInt64(50 + r)), randomTensor([1, 2, n, 3], .bfloat16, seed: UInt64(100 + r)))
+    }
+
     /// Every async overload once, in the order of ``blockingScript(_:)``.
     @Sendable private static func asyncScript(_ group: GroupCoordinator) async throws -> [Tensor] {
-        let r = group.rankInGroup, n = group.size
-        let next = (r + 1) % n, previous = (r + n - 1) % n
-        let x = randomTensor([2, 3], .float32, seed: UInt64(r))
-        let long = randomTensor([n * 2], .float64, seed: UInt64(50 + r))
-        let heads = randomTensor([1, 2, n, 3], .bfloat16, seed: UInt64(100 + r))
+        let (r, n, next, previous, x, long, heads) = scriptInputs(group)
         var results: [Tensor] = []
         results.append(try await group.allReduce(x))
         var inPlace = x
@@ -167,11 +170,7 @@ struct ConcurrencyTests {
 
     /// The blocking forms of ``asyncScript(_:)``'s calls, in its order: the reference.
     @Sendable private static func blockingScript(_ group: GroupCoordinator) throws -> [Tensor] {
-        let r = group.rankInGroup, n = group.size
-        let next = (r + 1) % n, previous = (r + n - 1) % n
-        let x = randomTensor([2, 3], .float32, seed: UInt64(r))
-        let long = randomTensor([n * 2], .float64, seed: UInt64(50 + r))
-        let heads = randomTensor([1, 2, n, 3], .bfloat16, seed: UInt64(100 + r))
+        let (r, n, next, previous, x, long, heads) = scriptInputs(group)
         var results: [Tensor] = []
         results.append(try group.allReduce(x))
         results.append(try group.allReduce(x, op: .max))
