@@ -222,9 +222,11 @@ final class RegionChannel<World: WaitingWorld & Sendable>: PeerMemoryChannel {
 
 /// A world whose ranks are threads of this process: the embedded default backend.
 ///
-/// Each rank runs `body` on its own thread (never on the Swift concurrency pool, where
-/// a blocked rank could starve the others). Ranks exchange data by reading each
-/// other's buffers directly, so every byte is copied once, into its final place.
+/// With a blocking `body`, each rank runs on its own thread (never on the Swift
+/// concurrency pool, where a blocked rank could starve the others); with an `async` one,
+/// each rank is a child task whose collectives wait on their coordinators' threads (see
+/// <doc:SwiftConcurrency>). Ranks exchange data by reading each other's buffers directly,
+/// so every byte is copied once, into its final place.
 ///
 /// ```swift
 /// let outputs = try World.inProcess(size: 4).run { world in
