@@ -316,7 +316,7 @@ struct OptionsHardeningTests {
         (["selftest"], ["RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "../../etc/x"], "MASTER_PORT=../../etc/x is not a port number in 1...65535"),
         (["selftest"], ["RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "198.51.100.7", "MASTER_PORT": "29517"],
          "MASTER_ADDR=198.51.100.7 is not this host: the shared-memory transport needs every rank on this host"),
-        (["help", "bogus"], [:], "no help for 'bogus': fvd has the commands demo, bench, apply, launch"),
+        (["help", "bogus"], [:], "no help for 'bogus': fvd has the commands demo, bench, plot, apply, launch"),
     ] as [([String], [String: String], String)])
     func messagesNameTheCause(_ arguments: [String], _ environment: [String: String], _ message: String) throws {
         let result = try runFVD(arguments, timeout: 30, environment: environment)
