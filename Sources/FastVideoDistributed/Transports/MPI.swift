@@ -107,6 +107,9 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         // This host's peers see the exit in the segment before this rank blocks in MPI_Finalize.
         host?.shared.markExited()
         if failed || !(abortError?.isPeerExit ?? true) {
+            // The peers that met the same failure (a mismatch, found by every rank at once)
+            // print it within this grace; MPI_Abort would stop them before they do.
+            usleep(abortGraceMicroseconds)
             MPI_Abort(fvd_mpi_comm_world(), 1)
         } else {
             var notice: UInt8 = 1
@@ -124,6 +127,9 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
             MPI_Finalize()
         }
     }
+
+    /// How long a failed rank waits before `MPI_Abort` ends the job: 0.25 s.
+    let abortGraceMicroseconds: UInt32 = 250_000
 
     /// The tag of the exit notice (``finish(failed:)``), beyond every call header's.
     static let exitNoticeTag: Int32 = 32_001
