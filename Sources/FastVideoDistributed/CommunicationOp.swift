@@ -93,7 +93,7 @@ extension ParallelState {
     /// The slice has `ceil(L / n)` entries along `dim` (`L` the original length); rank
     /// `r` gets entries `r·c ..< (r+1)·c` of the padded tensor. Local: no communication.
     public func sequenceModelParallelShard(_ input: Tensor, dim: Int = 1) throws -> (shard: Tensor, originalLength: Int) {
-        let d = try Layout.normalize(dim: dim, ndim: input.rank, op: "sequence_model_parallel_shard")
+        let d = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: "sequence_model_parallel_shard")
         let n = sequenceParallel.size, r = sequenceParallel.rankInGroup
         let length = input.shape[d]
         let part = (length + n - 1) / n

@@ -6,7 +6,7 @@ struct TensorBasicsTests {
     @Test func zerosHaveShapeCountAndBytes() throws {
         let t = try Tensor(zeros: [2, 3, 4], dtype: .int16)
         #expect(t.shape == [2, 3, 4])
-        #expect(t.rank == 3)
+        #expect(t.dimensionCount == 3)
         #expect(t.count == 24)
         #expect(t.byteCount == 48)
         #expect(try t.scalars(as: Int16.self) == [Int16](repeating: 0, count: 24))
@@ -14,7 +14,7 @@ struct TensorBasicsTests {
 
     @Test func scalarAndZeroSizeShapes() throws {
         let scalar = try Tensor(shape: [], scalars: [Float(2.5)])
-        #expect(scalar.rank == 0)
+        #expect(scalar.dimensionCount == 0)
         #expect(scalar.count == 1)
         #expect(try scalar.scalars(as: Float.self) == [2.5])
 

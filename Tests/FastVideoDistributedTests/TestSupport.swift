@@ -74,7 +74,7 @@ func flatIndex(_ idx: [Int], _ shape: [Int]) -> Int {
 
 /// Naive concatenation along `dim` with element loops.
 func referenceConcat(_ parts: [Tensor], dim: Int) -> Tensor {
-    let d = dim < 0 ? dim + parts[0].rank : dim
+    let d = dim < 0 ? dim + parts[0].dimensionCount : dim
     let inShape = parts[0].shape
     var outShape = inShape
     outShape[d] *= parts.count
@@ -178,7 +178,7 @@ func referenceReduce(_ inputs: [Tensor], op: ReduceOp) -> Tensor {
 
 /// Slice `r` of `n` along `dim` (naive), for the reduce-scatter reference.
 func referenceSlice(_ t: Tensor, dim: Int, part r: Int, of n: Int) -> Tensor {
-    let d = dim < 0 ? dim + t.rank : dim
+    let d = dim < 0 ? dim + t.dimensionCount : dim
     var outShape = t.shape
     outShape[d] /= n
     let e = elements(t)

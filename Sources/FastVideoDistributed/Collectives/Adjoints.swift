@@ -72,7 +72,7 @@ extension GroupCoordinator {
     public func gatherVJP(_ gradient: Tensor?, to root: Int = 0, dim: Int = -1) throws -> Tensor {
         let op = "gather_vjp"
         let whole = try broadcastAnyShape(rankInGroup == root ? gradient ?? Tensor.empty : Tensor.empty, from: root, op: .gatherVJP)
-        let d = try Layout.normalize(dim: dim, ndim: whole.rank, op: op)
+        let d = try Layout.normalize(dim: dim, ndim: whole.dimensionCount, op: op)
         guard whole.shape[d] % size == 0 else { throw FVDError.indivisible(op: op, dim: d, size: whole.shape[d], parts: size) }
         let part = whole.shape[d] / size
         return try Tensor.slice(whole, dim: d, range: (rankInGroup * part)..<((rankInGroup + 1) * part))
@@ -119,7 +119,7 @@ extension ParallelState {
     /// whole length, summed over the group, this rank's block kept.
     public func sequenceModelParallelAllGatherWithUnpadVJP(_ gradient: Tensor, shardLength: Int, dim: Int = -2) throws -> Tensor {
         let op = "sequence_model_parallel_all_gather_with_unpad_vjp"
-        let d = try Layout.normalize(dim: dim, ndim: gradient.rank, op: op)
+        let d = try Layout.normalize(dim: dim, ndim: gradient.dimensionCount, op: op)
         let n = sequenceParallel.size, length = gradient.shape[d]
         guard shardLength >= 0, length <= n * shardLength else {
             throw FVDError.invalidArgument(

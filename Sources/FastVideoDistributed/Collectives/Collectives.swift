@@ -101,11 +101,11 @@ extension GroupCoordinator {
 
     func allGather(_ input: Tensor, dim: Int, op: CollectiveOp) throws -> Tensor {
         if size == 1 {
-            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: op.name)
+            _ = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: op.name)
             return input
         }
-        return try collective(op, input, arguments: ArgumentList(dimKey(dim, input.rank))) { _ in
-            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: op.name)
+        return try collective(op, input, arguments: ArgumentList(dimKey(dim, input.dimensionCount))) { _ in
+            let d = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: op.name)
             return try concatenateMembers(input, dim: d)
         }
     }
@@ -123,13 +123,13 @@ extension GroupCoordinator {
     public func allGather(inPlace tensor: inout Tensor, dim: Int = -1) throws {
         let name = "all_gather_in_place"
         if size == 1 {
-            _ = try Layout.normalize(dim: dim, ndim: tensor.rank, op: name)
+            _ = try Layout.normalize(dim: dim, ndim: tensor.dimensionCount, op: name)
             return
         }
         if Self.readsInPlace(tensor) { tensor.makeUniqueAndPeerVisible() } else { tensor.makeUnique() }
         let target = tensor
-        try collective(.allGatherInPlace, target, arguments: ArgumentList(dimKey(dim, target.rank))) { _ in
-            let d = try Layout.normalize(dim: dim, ndim: target.rank, op: name)
+        try collective(.allGatherInPlace, target, arguments: ArgumentList(dimKey(dim, target.dimensionCount))) { _ in
+            let d = try Layout.normalize(dim: dim, ndim: target.dimensionCount, op: name)
             let (outer, total, inner) = Layout.split(target.shape, at: d)
             guard total % size == 0 else { throw FVDError.indivisible(op: name, dim: d, size: total, parts: size) }
             let part = total / size
@@ -185,22 +185,22 @@ extension GroupCoordinator {
     private func reduceScatter(_ input: Tensor, dim: Int, op: ReduceOp, into target: Tensor?) throws -> Tensor {
         let name = "reduce_scatter"
         if size == 1 {
-            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            _ = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: name)
             try validateReduction(op, dtype: input.dtype, opName: name)
             guard let target else { return input }
             try target.checkOutput(shape: input.shape, dtype: input.dtype, op: name)
             copyWhole(from: input.storage.pointer, to: target)
             return target
         }
-        return try collective(.reduceScatter, input, arguments: ArgumentList(dimKey(dim, input.rank), op.code)) { _ in
-            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+        return try collective(.reduceScatter, input, arguments: ArgumentList(dimKey(dim, input.dimensionCount), op.code)) { _ in
+            let d = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: name)
             try validateReduction(op, dtype: input.dtype, opName: name)
             let (outer, full, inner) = Layout.split(input.shape, at: d)
             guard full % size == 0 else { throw FVDError.indivisible(op: name, dim: d, size: full, parts: size) }
             let part = full / size
             // The caller's output is checked without building the result's shape.
             let output: Tensor
-            if let target, target.dtype == input.dtype, target.shape.count == input.rank,
+            if let target, target.dtype == input.dtype, target.shape.count == input.dimensionCount,
                 target.shape.indices.allSatisfy({ target.shape[$0] == ($0 == d ? part : input.shape[$0]) })
             {
                 output = target
@@ -233,12 +233,12 @@ extension GroupCoordinator {
         let name = "gather"
         if size == 1 {
             try checkRoot(root, op: name)
-            _ = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            _ = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: name)
             return input
         }
-        return try collective(.gather, input, arguments: ArgumentList(dimKey(dim, input.rank), root)) { _ in
+        return try collective(.gather, input, arguments: ArgumentList(dimKey(dim, input.dimensionCount), root)) { _ in
             try checkRoot(root, op: name)
-            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            let d = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: name)
             return rankInGroup == root ? try concatenateMembers(input, dim: d) : nil
         }
     }
@@ -302,7 +302,7 @@ extension GroupCoordinator {
     func allGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor {
         let name = "all_gather_with_unpad"
         let check = { () throws -> Int in
-            let d = try Layout.normalize(dim: dim, ndim: input.rank, op: name)
+            let d = try Layout.normalize(dim: dim, ndim: input.dimensionCount, op: name)
             let capacity = input.shape[d] * self.size
             guard originalLength >= 0, originalLength <= capacity else {
                 throw FVDError.invalidArgument(
@@ -315,7 +315,7 @@ extension GroupCoordinator {
             let d = try check()
             return try Tensor.slice(input, dim: d, range: 0..<originalLength)
         }
-        return try collective(.allGatherWithUnpad, input, arguments: ArgumentList(dimKey(dim, input.rank), originalLength)) { _ in
+        return try collective(.allGatherWithUnpad, input, arguments: ArgumentList(dimKey(dim, input.dimensionCount), originalLength)) { _ in
             try concatenateMembers(input, dim: try check(), keep: originalLength)
         }
     }

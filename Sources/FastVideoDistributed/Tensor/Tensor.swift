@@ -262,7 +262,11 @@ public struct Tensor: Sendable, Equatable, CustomStringConvertible {
         self.storage = storage
     }
 
-    /// Number of dimensions.
+    /// Number of dimensions (numpy's `ndim`, torch's `dim()`); `shape.count`.
+    public var dimensionCount: Int { shape.count }
+    /// Number of dimensions: ``dimensionCount``, under its old name (which reads like the
+    /// process rank of ``GroupCoordinator/rank``).
+    @available(*, deprecated, renamed: "dimensionCount")
     public var rank: Int { shape.count }
     /// Number of elements (1 for a scalar, 0 if any dimension is 0).
     public var count: Int { shape.reduce(1, *) }
