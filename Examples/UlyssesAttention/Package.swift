@@ -6,7 +6,7 @@ import PackageDescription
 // vendors it would. A path dependency's package identity is its folder's name, which
 // depends on where the repository was cloned, so it is read from the path. A package
 // that depends on the published repository writes instead:
-//     .package(url: "https://github.com/<owner>/FastVideoDistributed", from: "1.0.0")
+//     .package(url: "https://github.com/<owner>/FastVideoDistributed", branch: "main")
 // and names the product `.product(name: "FastVideoDistributed", package: "FastVideoDistributed")`.
 let libraryPath = "../.."
 let libraryIdentity = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -14,7 +14,11 @@ let libraryIdentity = URL(fileURLWithPath: #filePath).deletingLastPathComponent(
 
 let package = Package(
     name: "UlyssesAttention",
-    dependencies: [.package(path: libraryPath)],
+    // `swift build --traits MPI` passes the library's MPI trait on, for `mpirun`.
+    traits: [.trait(name: "MPI", description: "Build the library with its MPI transport (needs Open MPI or MPICH).")],
+    dependencies: [
+        .package(path: libraryPath, traits: [.defaults, .trait(name: "MPI", condition: .when(traits: ["MPI"]))])
+    ],
     targets: [
         .executableTarget(
             name: "UlyssesAttention",

@@ -75,7 +75,7 @@ public enum RankPlacement: Sendable {
             return .process(try World.fromEnvironment(timeout: timeout))
         case "mpi":
             let world = try World.fromEnvironment(timeout: timeout)
-            guard world.transport == "MPI" else {
+            guard world.transport == .mpi else {
                 throw FVDError.invalidArgument(
                     "--transport mpi: start the ranks with mpirun, e.g. mpirun -n \(worldSize) fvd … --transport mpi")
             }
@@ -98,24 +98,18 @@ public enum RankPlacement: Sendable {
     var name: String {
         switch self {
         case .inProcess: return "inprocess"
-        case .process(let world): return world.size == 1 ? "inprocess" : world.transport == "MPI" ? "mpi" : "shm"
+        case .process(let world): return world.size == 1 ? "inprocess" : world.transport == .mpi ? "mpi" : "shm"
         }
     }
 }
 
 
-/// The exit status of a launched rank that stops only because another rank failed or
-/// left (``FVDError/peerFailed(rank:message:)``, ``FVDError/peerExited(rank:op:group:)``):
-/// `fvd launch` then names a rank that failed for its own reason, when there is one.
-let consequenceExitStatus: Int32 = 2
+/// The exit status of a launched rank that stops only because another rank failed or left.
+let consequenceExitStatus = World.consequenceExitStatus
 
-/// The exit code for a command that failed with `error`: ``consequenceExitStatus`` for
-/// a launched rank stopped by another rank's failure, 1 otherwise.
+/// The exit code for a command that failed with `error`: ``World/exitStatus(for:)``.
 func rankExitCode(for error: any Error) -> ExitCode {
-    switch error as? FVDError {
-    case .peerFailed?, .peerExited?: return isLaunchedRank ? ExitCode(consequenceExitStatus) : .failure
-    default: return .failure
-    }
+    ExitCode(World.exitStatus(for: error))
 }
 
 /// Prints `error` as one line, except on a launched rank other than 0 when every rank

@@ -202,4 +202,21 @@ struct FailureMatrixTests {
             #expect(last.status == "failed" && last.error?.contains("waiting for rank 1") == true, "\(last)")
         }
     }
+
+    @Test("FVD_FLIGHT_RECORDER_STDERR=0 keeps the last calls off stderr, and still in FVD_FLIGHT_RECORDER_DIR; another value is named")
+    func flightRecorderQuiet() throws {
+        let folder = try temporaryFolder("flight-quiet")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let arguments = ["launch", "-n", "2", "--", try fvdExecutable().path, "selftest", "--fault", "fail:rank=1:call=5", "--timeout", "5"]
+        let loud = try runFVD(arguments)
+        #expect(loud.status != 0)
+        #expect((loud.stdout + loud.stderr).contains("flight recorder of rank 0"), "\(loud.stdout)\n\(loud.stderr)")
+        let quiet = try runFVD(arguments, environment: ["FVD_FLIGHT_RECORDER_STDERR": "0", "FVD_FLIGHT_RECORDER_DIR": folder.path])
+        #expect(quiet.status != 0)
+        #expect(!(quiet.stdout + quiet.stderr).contains("flight recorder of rank"), "\(quiet.stdout)\n\(quiet.stderr)")
+        #expect(listing(folder) == ["rank0.json", "rank1.json"])
+        let wrong = try runFVD(["selftest", "--in-process", "2"], environment: ["FVD_FLIGHT_RECORDER_STDERR": "quiet"])
+        #expect(wrong.status == 1 && wrong.stderr.contains("FVD_FLIGHT_RECORDER_STDERR=quiet is not 0 or 1"), "\(wrong.stderr)")
+    }
 }
+

@@ -156,7 +156,7 @@ func runApplyOverMPI(_ config: ApplyConfiguration, world: ProcessWorld) throws -
     let gathered = try world.run { group -> Tensor? in
         let output = try config.apply(to: files[group.rank].tensor, on: group, layout: layout)
         return try group.gather(output.reshaped([1] + output.shape), to: 0, dim: 0)
-    }
+    }[0]
     guard let gathered else { return nil }
     let outputs = try (0..<config.worldSize).map { rank in
         var output = try Tensor(zeros: Array(gathered.shape.dropFirst()), dtype: gathered.dtype)
@@ -200,7 +200,7 @@ func runApplyAsRank(_ config: ApplyConfiguration, staging: String) throws {
         throw FVDError.invalidArgument("--world-size \(config.worldSize) differs from WORLD_SIZE=\(world.size)")
     }
     let file = try RankFile.read(directory: config.inputDirectory, rank: world.rank)
-    let output = try world.run { group in try config.apply(to: file.tensor, on: group, layout: layout) }
+    let output = try world.run { group in try config.apply(to: file.tensor, on: group, layout: layout) }[0]
     _ = try file.write(output, rank: world.rank, into: staging)
 }
 

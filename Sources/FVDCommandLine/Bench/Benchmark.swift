@@ -302,7 +302,7 @@ public func runBenchmark(
         guard world.size == n else {
             throw FVDError.invalidArgument("--world-size \(n) differs from this process world's size \(world.size)")
         }
-        everyRank = { body in try world.run(body) }
+        everyRank = { body in try world.run(body)[0] }
     }
     var rows: [BenchRow] = []
     let plan = config.operations.flatMap { op in config.inputCounts(for: op).map { (op, $0) } }

@@ -210,7 +210,7 @@ public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProce
             throw FVDError.invalidArgument("--world-size \(config.worldSize) differs from WORLD_SIZE=\(world.size)")
         }
         let start = clock.now
-        let result = try loggingCollectives(config.verbose) { try world.run(rankBody) }
+        let result = try loggingCollectives(config.verbose) { try world.run(rankBody)[0] }
         let wall = clock.now - start
         let referenceStart = clock.now
         let mine = try reference(world.rank / config.replicaSize)

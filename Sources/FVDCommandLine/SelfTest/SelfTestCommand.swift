@@ -92,7 +92,7 @@ struct SelfTestCommand: ParsableCommand {
                 let expected = try group.broadcastObject(reference, from: 0)[group.rankInGroup]
                 try unmatchedRecvIfAsked(group)
                 return (got, expected)
-            }
+            }[0]
             try compare(got, expected, rank: world.rank)
             if printPeakMemory { printOutput("peak memory: \(peakResidentMebibytes()) MiB") }
             printOutput("selftest rank \(world.rank) of \(world.size) (\(world.transport)): \(got.count) results equal the in-process transport")

@@ -9,8 +9,8 @@ import Synchronization
 /// A failure to inject into one rank's collective call, for testing how code built on
 /// the library behaves when a rank is late, lost, corrupt or dies.
 ///
-/// Pass faults to ``World/inProcess(size:timeout:faults:)`` or
-/// ``World/fromEnvironment(timeout:faults:)``, or set `FVD_FAULTS` (see
+/// Pass faults to ``World/inProcess(size:timeout:faults:)-(_,Double?,_)`` or
+/// ``World/fromEnvironment(timeout:faults:)-(Double?,_)``, or set `FVD_FAULTS` (see
 /// ``init(parsing:)``). They wrap the transport's endpoints, so they work the same on
 /// every transport, and nothing is wrapped when there are none.
 ///

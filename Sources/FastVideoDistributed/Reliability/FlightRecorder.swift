@@ -112,6 +112,19 @@ public final class FlightRecorder: @unchecked Sendable {
         ProcessInfo.processInfo.environment["FVD_FLIGHT_RECORDER_DIR"].flatMap { $0.isEmpty ? nil : $0 }
     }
 
+    /// Whether a multi-process rank prints its last calls to standard error when a group
+    /// breaks: yes unless `FVD_FLIGHT_RECORDER_STDERR=0` (for programs whose stderr is
+    /// their users'; the records still go to `FVD_FLIGHT_RECORDER_DIR` when it is set).
+    ///
+    /// - Throws: ``FVDError/invalidArgument(_:)`` for a value other than `0` or `1`.
+    static func printsOnBreakFromEnvironment() throws -> Bool {
+        switch ProcessInfo.processInfo.environment["FVD_FLIGHT_RECORDER_STDERR"] {
+        case nil, "1": return true
+        case "0": return false
+        case let text?: throw FVDError.invalidArgument("FVD_FLIGHT_RECORDER_STDERR=\(text) is not 0 or 1")
+        }
+    }
+
     /// The label a group's records carry (the same for the same text).
     func label(_ text: String) -> Label {
         labels.withLock { labels in

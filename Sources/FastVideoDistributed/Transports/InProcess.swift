@@ -296,6 +296,7 @@ public struct InProcessWorld: Sendable {
     /// - Throws: the error of the rank that failed first in the chain of causes: the
     ///   lowest rank whose error is not merely a consequence of another rank's
     ///   failure (``FVDError/peerFailed(rank:message:)``, ``FVDError/peerExited(rank:op:group:)``).
+    @discardableResult
     public func run<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) throws -> R) throws -> [R] {
         try Self.firstFailure(runEach(body))
     }
@@ -313,6 +314,7 @@ public struct InProcessWorld: Sendable {
     /// ``runEach(_:)-17529`` and <doc:SwiftConcurrency>): ranks then take no thread of the
     /// cooperative pool while they wait, so any number of them run on any number of cores.
     /// - Throws: as the blocking form: the first error in the chain of causes.
+    @discardableResult
     public func run<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) async throws -> R) async throws -> [R] {
         try Self.firstFailure(await runEach(body))
     }
@@ -395,7 +397,7 @@ public enum World {
             size: size, timeout: try resolvedTimeout(timeout), faults: try resolvedFaults(faults, worldSize: size))
     }
 
-    /// `timeout`, or `FVD_TIMEOUT`, or 300 seconds; also checks `FVD_TENSOR_CACHE_MB`,
+    /// `timeout`, or `FVD_TIMEOUT`, or 300 seconds; also checks `FVD_TENSOR_CACHE_MB` and `FVD_FLIGHT_RECORDER_STDERR`,
     /// which every world reads (see ``StoragePool``).
     ///
     /// A timeout is a positive number of seconds or infinity (`inf` in the environment:
@@ -404,6 +406,7 @@ public enum World {
     /// malformed setting is never ignored without a word.
     static func resolvedTimeout(_ timeout: Double?) throws -> Double {
         _ = try StoragePool.limitFromEnvironment()
+        _ = try FlightRecorder.printsOnBreakFromEnvironment()
         let fromEnvironment = try secondsFromEnvironment("FVD_TIMEOUT")
         if let timeout {
             guard timeout > 0 else {

@@ -41,12 +41,6 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
     /// The host of each world rank: the lowest world rank on it.
     let hostOf: [Int]
 
-    /// Whether this process was started by an MPI launcher (or `FVD_TRANSPORT=mpi`).
-    static func isLaunchedByMPI(_ environment: [String: String]) -> Bool {
-        environment["FVD_TRANSPORT"] == "mpi" || environment["OMPI_COMM_WORLD_SIZE"] != nil
-            || environment["PMI_SIZE"] != nil
-    }
-
     /// Initializes MPI (`MPI_Init_thread`, asking for `MPI_THREAD_MULTIPLE`), makes
     /// communicators return errors instead of aborting, and joins this host's ranks
     /// (``MPIHost``).
@@ -60,7 +54,9 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         self.rank = Int(rank)
         self.size = Int(size)
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
-        recorder = FlightRecorder(rank: Int(rank), directory: FlightRecorder.directoryFromEnvironment, printsOnBreak: true)
+        recorder = FlightRecorder(
+            rank: Int(rank), directory: FlightRecorder.directoryFromEnvironment,
+            printsOnBreak: (try? FlightRecorder.printsOnBreakFromEnvironment()) ?? true)
         (host, hostOf) =
             size > 1
             ? try MPIHost.join(worldRank: Int(rank), worldSize: Int(size), timeout: timeout, recorder: recorder) : (nil, [0])

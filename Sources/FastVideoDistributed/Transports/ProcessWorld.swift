@@ -2,7 +2,7 @@ import CFVDShims
 import Foundation
 
 /// This process's rank of a world of processes, as started by `fvd launch` (or any
-/// launcher that sets torchrun's variables): see ``World/fromEnvironment(timeout:faults:)``.
+/// launcher that sets torchrun's variables): see ``World/fromEnvironment(timeout:faults:)-(Double?,_)``.
 public struct ProcessWorld: Sendable {
     /// This process's rank (`RANK`).
     public let rank: Int
@@ -10,15 +10,19 @@ public struct ProcessWorld: Sendable {
     public let size: Int
     /// The group of every rank; build a ``ParallelState`` over it.
     public let group: GroupCoordinator
-    /// `shared memory` or `MPI` for a multi-process world, `single process` for a world of one.
-    public let transport: String
+    /// ``WorldTransport/sharedMemory`` or ``WorldTransport/mpi`` for a multi-process
+    /// world, ``WorldTransport/singleProcess`` for a world of one.
+    public let transport: WorldTransport
     /// Tells the peers that `body` of ``run(_:)-3vhwb`` threw this error.
     let failureHook: (@Sendable (any Error) -> Void)?
     /// Tells the peers that this process is exiting.
     let exitHook: (@Sendable () -> Void)?
 
-    /// Runs `body` with the world group. If it throws, the peers are told at once, so
-    /// they do not wait for this rank:
+    /// Runs `body` with the world group and returns its result, the only element of the
+    /// array (this process runs one rank; the shape is ``DistributedWorld``'s, so that one
+    /// program runs on every world).
+    ///
+    /// If `body` throws, the peers are told at once, so they do not wait for this rank:
     /// - shared memory: the failure is recorded in the segment, so every other rank's
     ///   current or next collective throws ``FVDError/peerFailed(rank:message:)``
     ///   (unless the error is itself another rank's failure or exit, which the peers
@@ -26,21 +30,23 @@ public struct ProcessWorld: Sendable {
     /// - MPI: the error is recorded in the host's segment for the ranks of this host, as
     ///   above, printed to standard error (`error: …`), and the job is ended with
     ///   `MPI_Abort`, MPI's only way to stop ranks blocked in a collective.
-    public func run<R>(_ body: (GroupCoordinator) throws -> R) throws -> R {
+    @discardableResult
+    public func run<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) throws -> R) throws -> [R] {
         do {
-            return try body(group)
+            return [try body(group)]
         } catch {
             failureHook?(error)
             throw error
         }
     }
 
-    /// Runs the asynchronous `body` with the world group: ``run(_:)-3vhwb``
-    /// for Swift concurrency (use the collectives' `async` overloads inside). A thrown error
-    /// tells the peers as there.
-    public func run<R>(_ body: (GroupCoordinator) async throws -> R) async throws -> R {
+    /// Runs the asynchronous `body` with the world group: ``run(_:)-5ydcj`` for Swift
+    /// concurrency (use the collectives' `async` overloads inside). A thrown error tells
+    /// the peers as there.
+    @discardableResult
+    public func run<R: Sendable>(_ body: @escaping @Sendable (GroupCoordinator) async throws -> R) async throws -> [R] {
         do {
-            return try await body(group)
+            return [try await body(group)]
         } catch {
             failureHook?(error)
             throw error
@@ -65,7 +71,7 @@ extension World {
     /// each byte once, as in-process. A tensor created before is staged there once per
     /// collective. A rank that exits makes its peers' collectives throw
     /// ``FVDError/peerExited(rank:op:group:)`` within milliseconds (exit flag or process
-    /// liveness); one that fails inside ``ProcessWorld/run(_:)-3vhwb`` makes them throw
+    /// liveness); one that fails inside ``ProcessWorld/run(_:)-5ydcj`` makes them throw
     /// ``FVDError/peerFailed(rank:message:)``.
     ///
     /// In a build with the package trait `MPI`, a process started by `mpirun` joins the MPI
@@ -89,7 +95,7 @@ extension World {
     public static func fromEnvironment(timeout: Double? = nil, faults: [Fault]? = nil) throws -> ProcessWorld {
         let env = ProcessInfo.processInfo.environment
         #if MPI
-        if MPIWorldState.isLaunchedByMPI(env) { return try fromMPI(timeout: timeout, faults: faults) }
+        if World.launchedByMPI(env) { return try fromMPI(timeout: timeout, faults: faults) }
         #endif
         func integer(_ key: String, default value: Int) throws -> Int {
             guard let text = env[key] else { return value }
@@ -120,7 +126,7 @@ extension World {
                     faults.isEmpty ? state : FaultInjectingFactory(wrapping: state, faults: faults, ranksAreProcesses: true)
                 world = ProcessWorld(
                     rank: 0, size: 1, group: try GroupCoordinator(name: "world", ranks: [0], rank: 0, factory: factory),
-                    transport: "single process", failureHook: nil, exitHook: nil)
+                    transport: .singleProcess, failureHook: nil, exitHook: nil)
             } else {
                 try World.checkRendezvous(env)
                 let name = env["FVD_SHM_NAME"] ?? "/fvd-port-\(env["MASTER_PORT"] ?? "29500")"
@@ -152,7 +158,7 @@ extension World {
                 }
                 segment.activateHeap()
                 world = ProcessWorld(
-                    rank: rank, size: size, group: group, transport: "shared memory",
+                    rank: rank, size: size, group: group, transport: .sharedMemory,
                     failureHook: { error in
                         switch error as? FVDError {
                         case .peerFailed?, .peerExited?:
@@ -191,7 +197,7 @@ extension World {
     /// Whether this build has the MPI transport (the package trait `MPI`).
     public static let isMPIAvailable = true
 
-    /// This process's rank of the job `mpirun` started: see ``fromEnvironment(timeout:faults:)``.
+    /// This process's rank of the job `mpirun` started: see ``fromEnvironment(timeout:faults:)-(Double?,_)``.
     static func fromMPI(timeout: Double?, faults: [Fault]?) throws -> ProcessWorld {
         let seconds = try resolvedTimeout(timeout)
         return try processWorldState.withLock { state in
@@ -202,7 +208,7 @@ extension World {
                 faults.isEmpty ? mpi : FaultInjectingFactory(wrapping: mpi, faults: faults, ranksAreProcesses: true)
             let group = try GroupCoordinator(name: "world", ranks: Array(0..<mpi.size), rank: mpi.rank, factory: factory)
             let world = ProcessWorld(
-                rank: mpi.rank, size: mpi.size, group: group, transport: "MPI",
+                rank: mpi.rank, size: mpi.size, group: group, transport: .mpi,
                 failureHook: { error in
                     mpi.recordFailure(error)
                     StandardStreams.writeError("error: \(error)\n")

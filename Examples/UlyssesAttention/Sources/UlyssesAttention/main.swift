@@ -6,6 +6,10 @@
 //
 //     swift run UlyssesAttention                                   # 4 in-process ranks
 //     swift build && swift run fvd launch -n 4 -- .build/debug/UlyssesAttention
+//     swift build --traits MPI && mpirun -n 4 .build/debug/UlyssesAttention
+//
+// One program for all three: `World.main` (see `World.start(defaultSize:)`) joins the
+// launcher's world when there is one and starts four in-process ranks otherwise.
 //
 // The kernels are plain Swift loops standing in for the user's own compute (a GPU kernel,
 // Accelerate, a C library): they write their outputs straight into tensors made with
@@ -86,8 +90,9 @@ func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor) throws -> Tensor {
     }
 }
 
-/// One rank's work: returns the largest error of any rank's shard (the same on every rank).
-@Sendable func rankMain(_ world: GroupCoordinator) async throws -> Float {
+/// One rank's work: Ulysses attention on its shard, checked against one rank. Throws when
+/// any rank's shard is off by more than ``tolerance``.
+@Sendable func rankMain(_ world: GroupCoordinator) async throws {
     let state = try ParallelState(world: world, tensorParallel: 1, sequenceParallel: world.size)
     let sp = state.sequenceParallel
     guard tokens % sp.size == 0, heads % sp.size == 0 else {
@@ -97,49 +102,28 @@ func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor) throws -> Tensor {
     let shard = tokens / sp.size
     let rows = sp.rankInGroup * shard..<(sp.rankInGroup + 1) * shard
 
-    // This rank's sequence shard of q, k, v: [1, S/n, H, D].
-    let (q, k, v) = (try project(0, rows: rows), try project(1, rows: rows), try project(2, rows: rows))
-    // Ulysses: the whole sequence for this rank's H/n heads, [1, S, H/n, D].
-    let qHeads = try await state.sequenceModelParallelAllToAll4D(q, scatterDim: 2, gatherDim: 1)
-    let kHeads = try await state.sequenceModelParallelAllToAll4D(k, scatterDim: 2, gatherDim: 1)
-    let vHeads = try await state.sequenceModelParallelAllToAll4D(v, scatterDim: 2, gatherDim: 1)
-    let local = try attention(qHeads, kHeads, vHeads)
+    // This rank's sequence shard of q, k and v, stacked along the batch: [3, S/n, H, D].
+    let qkv = try Tensor.concatenated([project(0, rows: rows), project(1, rows: rows), project(2, rows: rows)], dim: 0)
+    // Ulysses, one exchange for all three: the whole sequence for this rank's H/n heads.
+    let heads = try await state.sequenceModelParallelAllToAll4D(qkv, scatterDim: 2, gatherDim: 1).chunked(3, dim: 0)
+    let local = try attention(heads[0], heads[1], heads[2])
     // And back to this rank's sequence shard with every head, [1, S/n, H, D].
     let output = try await state.sequenceModelParallelAllToAll4D(local, scatterDim: 1, gatherDim: 2)
 
     // One rank's answer: attention over the whole q, k, v; this rank's rows of it.
     let all = 0..<tokens
-    let reference = try attention(project(0, rows: all), project(1, rows: all), project(2, rows: all))
-    let perRow = heads * headDim
+    let reference = try attention(project(0, rows: all), project(1, rows: all), project(2, rows: all)).slice(dim: 1, range: rows)
     let error = try output.withUnsafeBufferPointer(as: Float.self) { got in
-        try reference.withUnsafeBufferPointer(as: Float.self) { want in
-            zip(got, want[(rows.lowerBound * perRow)..<(rows.upperBound * perRow)]).map { abs($0 - $1) }.max() ?? 0
-        }
+        try reference.withUnsafeBufferPointer(as: Float.self) { want in zip(got, want).map { abs($0 - $1) }.max() ?? 0 }
     }
     print("rank \(world.rank) of \(world.size): rows \(rows), max error \(error)")
-    // Every rank learns the worst error, so that all of them exit alike.
-    let worst = try await world.allReduce(Tensor([error]), op: .max)
-    return try worst.scalars(as: Float.self)[0]
+    // Every rank learns the worst error, so that all of them end alike.
+    let worst = try await world.allReduce(Tensor([error]), op: .max).scalar(at: [0], as: Float.self)
+    guard worst <= tolerance else { throw FVDError.invalidArgument("max error \(worst) exceeds \(tolerance)") }
+    if world.rank == 0 { print("ok: max error \(worst) <= \(tolerance)") }
 }
 
-let environment = ProcessInfo.processInfo.environment
-let launched = ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].contains { environment[$0] != nil }
-do {
-    let worst: Float
-    if launched {
-        // Under `fvd launch` (or torchrun-style variables, or mpirun with the MPI trait):
-        // this process is one rank.
-        worst = try await World.fromEnvironment().run(rankMain)
-    } else {
-        // On its own: four ranks as tasks of this process.
-        worst = try await World.inProcess(size: 4).run(rankMain).max() ?? 0
-    }
-    guard worst <= tolerance else {
-        FileHandle.standardError.write(Data("error: max error \(worst) exceeds \(tolerance)\n".utf8))
-        exit(1)
-    }
-    print("ok: max error \(worst) <= \(tolerance)")
-} catch {
-    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-    exit(1)
-}
+// Alone: four ranks as tasks of this process. Under `fvd launch -n W` (or torchrun-style
+// variables, or `mpirun -n W` with the trait MPI): this process is one rank of W. An error
+// is one `error:` line and a non-zero exit status.
+await World.main(defaultSize: 4, rankMain)
