@@ -85,10 +85,10 @@ enum BenchPlot {
             lower.yTitle = ratios.title
             return lower
         }
-        if let left = lower?.left, left > f.left {
-            f.left = left
-        } else if lower != nil {
-            lower!.left = f.left
+        if var panel = lower {
+            // Both panels start at the wider tick labels' edge.
+            (f.left, panel.left) = (max(f.left, panel.left), max(f.left, panel.left))
+            lower = panel
         }
         let legendWidth = 60 + 7.8 * Double(series.map(\.label.count).max() ?? 0)
         let width = max(f.right + 24 + legendWidth, 24 + 9.5 * Double(title.count), 24 + 6.8 * Double(subtitle.count))
