@@ -105,7 +105,29 @@ private let adjointCases: [AdjointCase] = [
     AdjointCase(name: "all_gather_with_unpad", input: { _, _ in [2, 3, 2] },
         forward: { try $0.sequenceModelParallelAllGatherWithUnpad($1, originalLength: 3 * $0.sequenceParallel.size - 1, dim: 1) },
         adjoint: { try $0.sequenceModelParallelAllGatherWithUnpadVJP($1!, shardLength: 3, dim: 1) }),
+    AdjointCase(name: "ring pass, uneven shapes", input: { r, _ in [awkward[r], 3] },
+        forward: { try $0.world.ringPass($1) }, adjoint: { try $0.world.ringPassVJP($1!) }),
+    haloCase(periodic: false),
+    haloCase(periodic: true),
 ]
+
+/// The halo exchange of width 2 along dim 1 of uneven shards, its two halos concatenated.
+private func haloCase(periodic: Bool) -> AdjointCase {
+    let shape: @Sendable (Int) -> [Int] = { r in [2, 2 + awkward[r], 3] }
+    return AdjointCase(
+        name: "halo exchange, width 2\(periodic ? ", periodic" : "")", floatingOnly: true, input: { r, _ in shape(r) },
+        forward: {
+            let (before, after) = try $0.world.haloExchange($1, dim: 1, width: 2, periodic: periodic)
+            return try Tensor.concatenated([before, after], dim: 1)
+        },
+        adjoint: { state, y in
+            let (r, n) = (state.world.rankInGroup, state.world.size)
+            let widths = (periodic || r > 0 ? 2 : 0, periodic || r < n - 1 ? 2 : 0)
+            return try state.world.haloExchangeVJP(
+                before: y!.slice(dim: 1, range: 0..<widths.0), after: y!.slice(dim: 1, range: widths.0..<(widths.0 + widths.1)),
+                shard: Tensor(zeros: shape(r), dtype: y!.dtype), dim: 1, width: 2, periodic: periodic)
+        })
+}
 
 @Suite("Adjoints: Σ_ranks ⟨op(x), y⟩ = Σ_ranks ⟨x, op*(y)⟩ for every collective and companion")
 struct AdjointTests {

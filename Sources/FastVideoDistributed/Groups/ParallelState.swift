@@ -22,16 +22,31 @@ public struct ParallelState: Sendable, CustomStringConvertible {
     public let sequenceParallel: GroupCoordinator
     /// This rank's data-parallel group.
     public let dataParallel: GroupCoordinator
+    /// This rank's Ulysses group: the part of its sequence-parallel group that exchanges
+    /// heads with the all-to-all (USP). The sequence-parallel group itself when the ring
+    /// degree is 1.
+    public let ulysses: GroupCoordinator
+    /// This rank's ring group: the ranks at this rank's position in each Ulysses group of
+    /// its sequence-parallel group, which pass key/value blocks around (ring attention). A
+    /// group of one when the ring degree is 1.
+    public let ring: GroupCoordinator
 
     /// Builds this rank's groups. Every rank of `world` must call it with the same sizes.
     ///
+    /// With `ringDegree` r > 1 (USP, as in yunchang and xDiT), each sequence-parallel
+    /// group of `sp = u × r` ranks is split further: its Ulysses groups are consecutive
+    /// blocks of `u` ranks, and its ring groups take the ranks at the same position in each
+    /// Ulysses group (stride `u`; yunchang's `use_ulysses_low`). The default, 1, is
+    /// FastVideo's layout: ``ulysses`` is the sequence-parallel group, ``ring`` a group of one.
+    ///
     /// - Throws: ``FVDError/invalidLayout(worldSize:tensorParallel:sequenceParallel:)``
     ///   unless `tp >= 1`, `sp >= 1` and both divide the world size;
+    ///   ``FVDError/invalidArgument(_:)`` unless `ringDegree >= 1` divides `sp`;
     ///   ``FVDError/invalidArgument(_:)`` if a ``Fault`` of the world names a group
     ///   `tpN`, `spN` or `dpN` this layout does not have, or does not put the fault's
     ///   rank in (it would never fire).
-    public init(world: GroupCoordinator, tensorParallel tp: Int = 1, sequenceParallel sp: Int = 1) throws {
-        let layout = try GroupLayout(worldSize: world.size, tensorParallel: tp, sequenceParallel: sp)
+    public init(world: GroupCoordinator, tensorParallel tp: Int = 1, sequenceParallel sp: Int = 1, ringDegree: Int = 1) throws {
+        let layout = try GroupLayout(worldSize: world.size, tensorParallel: tp, sequenceParallel: sp, ringDegree: ringDegree)
         try (world.factory as? FaultInjectingFactory)?.checkGroups(of: layout, ranks: world.ranks)
         self.world = world
         // The layout numbers the members of `world` 0..<size; map them to world ranks.
@@ -43,6 +58,13 @@ public struct ParallelState: Sendable, CustomStringConvertible {
         tensorParallel = try make("tp", layout.tensorParallelGroups)
         sequenceParallel = try make("sp", layout.sequenceParallelGroups)
         dataParallel = try make("dp", layout.dataParallelGroups)
+        if ringDegree == 1 {
+            ulysses = sequenceParallel
+            ring = try world.subgroup(name: "ring\(me)", ranks: [world.rank])
+        } else {
+            ulysses = try make("ulysses", layout.ulyssesGroups)
+            ring = try make("ring", layout.ringGroups)
+        }
         if Diagnostics.logs(.debug) {
             let rank = world.rank
             Diagnostics.log(.debug, rank: rank, "layout: world of \(world.size), tp \(tp), sp \(sp), dp \(world.size / sp); my groups are marked *")
@@ -53,7 +75,8 @@ public struct ParallelState: Sendable, CustomStringConvertible {
     /// The layout of the whole world (every group, not only this rank's).
     public var layout: GroupLayout {
         // The sizes were validated in init.
-        try! GroupLayout(worldSize: world.size, tensorParallel: tensorParallel.size, sequenceParallel: sequenceParallel.size)
+        try! GroupLayout(
+            worldSize: world.size, tensorParallel: tensorParallel.size, sequenceParallel: sequenceParallel.size, ringDegree: ring.size)
     }
 
     /// The rank map, one line per group; the groups of this rank are marked `*`.
@@ -84,16 +107,40 @@ public struct GroupLayout: Sendable, Equatable {
     public let worldSize: Int
     public let tensorParallelSize: Int
     public let sequenceParallelSize: Int
+    /// The ring degree `r` of USP: each sequence-parallel group is `sp / r` Ulysses ranks
+    /// × `r` ring ranks (1: FastVideo's Ulysses only).
+    public let ringDegree: Int
 
     /// - Throws: ``FVDError/invalidLayout(worldSize:tensorParallel:sequenceParallel:)``
-    ///   unless `worldSize >= 1`, `tp >= 1`, `sp >= 1` and both divide `worldSize`.
-    public init(worldSize: Int, tensorParallel tp: Int, sequenceParallel sp: Int) throws {
+    ///   unless `worldSize >= 1`, `tp >= 1`, `sp >= 1` and both divide `worldSize`;
+    ///   ``FVDError/invalidArgument(_:)`` unless `ringDegree >= 1` divides `sp`.
+    public init(worldSize: Int, tensorParallel tp: Int, sequenceParallel sp: Int, ringDegree: Int = 1) throws {
         guard worldSize >= 1, tp >= 1, sp >= 1, worldSize % tp == 0, worldSize % sp == 0 else {
             throw FVDError.invalidLayout(worldSize: worldSize, tensorParallel: tp, sequenceParallel: sp)
+        }
+        guard ringDegree >= 1, sp % ringDegree == 0 else {
+            throw FVDError.invalidArgument(
+                "ring degree \(ringDegree) does not divide the sequence-parallel size \(sp): USP splits each sequence-parallel "
+                    + "group into sp / r Ulysses ranks × r ring ranks, so r must be at least 1 and divide sp")
         }
         self.worldSize = worldSize
         tensorParallelSize = tp
         sequenceParallelSize = sp
+        self.ringDegree = ringDegree
+    }
+
+    /// The Ulysses degree `u = sp / r`: the size of each Ulysses group.
+    public var ulyssesDegree: Int { sequenceParallelSize / ringDegree }
+
+    /// Within each sequence-parallel group, consecutive blocks of `u` ranks.
+    public var ulyssesGroups: [[Int]] { blocks(of: ulyssesDegree) }
+
+    /// Within each sequence-parallel group of `u × r` ranks starting at `b`, the ranks
+    /// `b + i, b + i + u, …, b + i + (r - 1)u` for each position `i in 0..<u`.
+    public var ringGroups: [[Int]] {
+        sequenceParallelGroups.flatMap { group in
+            (0..<ulyssesDegree).map { i in Array(stride(from: group[0] + i, to: group[0] + sequenceParallelSize, by: ulyssesDegree)) }
+        }
     }
 
     /// Number of data-parallel replicas, `W / sp` (the size of each DP group).
@@ -114,13 +161,14 @@ public struct GroupLayout: Sendable, Equatable {
 
     /// The rank map, one line per group, optionally marking the groups of one rank with `*`.
     public func describe(marking rank: Int? = nil) -> String {
+        let usp = ringDegree > 1 ? " (ulysses \(ulyssesDegree) × ring \(ringDegree))" : ""
         var lines = [
             "world size \(worldSize): tensor parallel \(tensorParallelSize), "
-                + "sequence parallel \(sequenceParallelSize), data parallel \(dataParallelSize)"
+                + "sequence parallel \(sequenceParallelSize)\(usp), data parallel \(dataParallelSize)"
         ]
-        for (prefix, groups) in [
-            ("tp", tensorParallelGroups), ("sp", sequenceParallelGroups), ("dp", dataParallelGroups),
-        ] {
+        var kinds = [("tp", tensorParallelGroups), ("sp", sequenceParallelGroups), ("dp", dataParallelGroups)]
+        if ringDegree > 1 { kinds += [("ulysses", ulyssesGroups), ("ring", ringGroups)] }
+        for (prefix, groups) in kinds {
             for (i, g) in groups.enumerated() {
                 let mark = rank.map { g.contains($0) ? " *" : "" } ?? ""
                 lines.append("\(prefix)\(i): ranks \(g)\(mark)")
