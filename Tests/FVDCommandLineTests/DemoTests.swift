@@ -121,6 +121,39 @@ struct DemoTests {
         #expect(report.maxAbsError > report.tolerance)
     }
 
+    @Test("--ring: USP (Ulysses inside each Ulysses group, ring attention over the ring) matches one rank, padded tokens too",
+          arguments: [(2, 1, 2, 2), (4, 1, 4, 2), (4, 1, 4, 4), (8, 2, 4, 2), (8, 1, 8, 2), (8, 1, 8, 4), (8, 1, 8, 8)])
+    func ring(_ layout: (Int, Int, Int, Int)) throws {
+        let (world, tp, sp, ring) = layout
+        for (frames, height, width) in [(2, 4, 4), (1, 3, 5)] {
+            var config = small(world: world, tp: tp, sp: sp, frames: frames, height: height, width: width)
+            config.ringDegree = ring
+            let report = try runDemo(config)
+            #expect(report.passed && report.maxAbsError < 1e-5, "W=\(world) tp \(tp) sp \(sp) ring \(ring) \(frames)×\(height)×\(width): \(report.maxAbsError)")
+            #expect(report.rankMap.contains("(ulysses \(sp / ring) × ring \(ring))"))
+            let passes = report.timings.first { $0.name == "ring_pass" }?.calls
+            #expect(passes == world * (ring - 1), "\(report.timings)")
+        }
+    }
+
+    @Test("--temporal-conv: the halo-exchanged convolution is the unsharded one, bit for bit (sequence parallelism alone stays exact)")
+    func temporalConvolution() throws {
+        for sp in [2, 4, 8] {
+            // 8 frames of 2 × 2 patches: every rank holds at least one frame.
+            var config = small(world: sp, tp: 1, sp: sp, frames: 8, height: 2, width: 2)
+            config.temporalConvolution = true
+            let report = try runDemo(config)
+            #expect(report.passed && report.maxAbsError == 0, "sp \(sp): \(report.maxAbsError)")
+            #expect(report.timings.first { $0.name == "halo_exchange" }?.calls == sp)
+        }
+        var tooShort = small(world: 4, tp: 1, sp: 4)
+        tooShort.temporalConvolution = true
+        #expect { _ = try runDemo(tooShort) } throws: { "\($0)".contains("--temporal-conv needs at least one frame (16 tokens)") }
+        var ringAndOverlap = small(world: 2, tp: 1, sp: 2)
+        (ringAndOverlap.ringDegree, ringAndOverlap.overlapChunks) = (2, 2)
+        #expect { _ = try runDemo(ringAndOverlap) } throws: { "\($0)".contains("with --ring, the ring passes overlap instead") }
+    }
+
     @Test("--overlap: attention on each group of heads as it arrives gives the same output bits", arguments: [(4, 2, 2, 8), (4, 1, 4, 30), (2, 1, 2, 3)])
     func overlap(_ layout: (Int, Int, Int, Int)) throws {
         let (world, tp, sp, heads) = layout

@@ -62,7 +62,7 @@ struct MPITests {
         let result = try mpirun(n, ["selftest", "--extras-only"], environment: hosts.environment)
         #expect(result.status == 0, "\(result.stderr)")
         for rank in 0..<n {
-            #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): 33 results equal"), "\(result.stdout)")
+            #expect(result.stdout.contains("selftest rank \(rank) of \(n) (MPI): 45 results equal"), "\(result.stdout)")
         }
     }
 

@@ -57,20 +57,39 @@ struct RingAndHaloTests {
         #expect(results.allSatisfy { $0 })
     }
 
-    @Test("ring pass errors name the ranks: another dtype, a shape this rank did not expect")
+    @Test("ring pass errors name the ranks: another dtype (on every rank), a shape this rank did not expect")
     func ringPassErrors() throws {
         let outcomes = try World.inProcess(size: 3, timeout: 60).runEach { group -> Tensor in
             let dtype: DType = group.rank == 1 ? .float64 : .float32
             return try group.ringPass(Tensor(zeros: [2], dtype: dtype))
         }
-        // Rank 1 (odd: it receives first) gets rank 0's float32 where it passes float64.
-        guard case .failure(let error) = outcomes[1] else { Issue.record("rank 1: \(outcomes[1])"); return }
-        #expect("\(error)".contains("recv in group world:0->1 [0, 1]: ranks passed different dtypes: rank 0 float32, rank 1 float64"), "\(error)")
+        // Every rank names every rank's dtype.
+        for outcome in outcomes {
+            guard case .failure(let error) = outcome else { Issue.record("\(outcome)"); continue }
+            #expect("\(error)".contains("ring_pass in group world [0, 1, 2]: ranks passed different dtypes: rank 0 float32, rank 1 float64, rank 2 float32"), "\(error)")
+        }
         let shaped = try World.inProcess(size: 2, timeout: 60).runEach { group -> Tensor in
             try group.ringPass(Tensor(zeros: [group.rank + 1], dtype: .float32), shape: [1])
         }
         guard case .failure(let shapeError) = shaped[0] else { Issue.record("rank 0: \(shaped[0])"); return }
         #expect("\(shapeError)".contains("rank 1 [2], rank 0 [1]"), "\(shapeError)")
+    }
+
+    @Test("a ring peer that fails mid-rotation: every other rank's pass ends with an error naming it, none hangs")
+    func ringPeerDies() throws {
+        let outcomes = try World.inProcess(size: 4, timeout: 60).runEach { group -> Tensor in
+            var block = try Tensor(shape: [3], scalars: [Float](repeating: Float(group.rank), count: 3))
+            for step in 0..<4 {
+                if group.rank == 2 && step == 2 { throw FVDError.invalidArgument("rank 2 stops mid-rotation") }
+                block = try group.ringPass(block)
+            }
+            return block
+        }
+        for (rank, outcome) in outcomes.enumerated() {
+            guard case .failure(let error) = outcome else { Issue.record("rank \(rank) finished: \(outcome)"); continue }
+            let text = "\(error)"
+            #expect(rank == 2 ? text.contains("stops mid-rotation") : text.contains("rank 2 failed: rank 2 stops mid-rotation"), "rank \(rank): \(text)")
+        }
     }
 
     /// Every rank's shard of one sequence along dim 1: rank `r` holds `lengths[r]` slices.
@@ -134,7 +153,7 @@ struct RingAndHaloTests {
         }
         for outcome in mismatched {
             guard case .failure(let error) = outcome else { Issue.record("\(outcome)"); continue }
-            #expect("\(error)".contains("rank 0 passed dim 1, width 1, periodic false, float32, other dimensions [2, 3] but rank 2 passed dim 1, width 2"), "\(error)")
+            #expect("\(error)".contains("halo_exchange in group world [0, 1, 2]: ranks passed different arguments: rank 0 (dim=1, width=1, periodic=false), rank 1 (dim=1, width=1, periodic=false), rank 2 (dim=1, width=2, periodic=false)"), "\(error)")
         }
     }
 

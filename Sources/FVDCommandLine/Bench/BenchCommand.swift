@@ -28,7 +28,7 @@ struct BenchCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "all_reduce, all_gather, reduce_scatter, all_to_all_4d, broadcast, barrier, sendrecv, or all.")
+    @Option(help: "all_reduce, all_gather, reduce_scatter, all_to_all_4d, broadcast, barrier, sendrecv, ring_pass, halo_exchange, or all.")
     var op: String = "all"
     @Option(name: .customLong("world-size"), parsing: .unconditional, help: "Number of ranks.")
     var worldSize: Int = 2

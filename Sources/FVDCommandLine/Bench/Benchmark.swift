@@ -13,6 +13,12 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
     /// A ping-pong of `send` and `recv` between ranks 0 and 1 (osu_latency): its time is
     /// half the round trip.
     case sendRecv = "sendrecv"
+    /// Every rank hands its tensor to the next rank of the ring (ring attention's step).
+    case ringPass = "ring_pass"
+    /// Every rank's shard `[2, count / 2]` trades its two boundary slices with its
+    /// neighbours (periodic, width 1): the same bytes as an all-gather of each rank's
+    /// boundary slices (`all_gather` at the same input size), from the neighbours only.
+    case haloExchange = "halo_exchange"
 
     /// nccl-tests' bus-bandwidth factor: how many times the bytes cross the "bus".
     func busFactor(worldSize n: Int) -> Double {
@@ -20,7 +26,7 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
         switch self {
         case .allReduce: return 2 * f
         case .allGather, .reduceScatter, .allToAll4D: return f
-        case .broadcast, .sendRecv: return 1
+        case .broadcast, .sendRecv, .ringPass, .haloExchange: return 1
         case .barrier: return 0
         }
     }
@@ -33,7 +39,7 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
     /// Whether the library has a form that writes into the caller's tensor, as torch and
     /// NCCL do: in-place all-reduce, all-gather and broadcast, reduce-scatter and the
     /// all-to-all `into:` an output, `recv(into:)`; all but the barrier.
-    var hasInPlaceForm: Bool { self != .barrier }
+    var hasInPlaceForm: Bool { self != .barrier && self != .ringPass && self != .haloExchange }
 
     /// Whether the op moves data (all but the barrier, which is measured once, at size 0).
     var hasSizes: Bool { self != .barrier }
@@ -49,7 +55,7 @@ public enum BenchOperation: String, CaseIterable, Sendable, Codable {
     func modelBytes(inputBytes: Int, worldSize n: Int) -> Int {
         switch self {
         case .allGather: return inputBytes * n
-        case .allToAll4D, .reduceScatter, .broadcast, .sendRecv: return inputBytes
+        case .allToAll4D, .reduceScatter, .broadcast, .sendRecv, .ringPass, .haloExchange: return inputBytes
         case .allReduce: return inputBytes + inputBytes / n
         case .barrier: return 0
         }
@@ -257,8 +263,9 @@ extension BenchOperation {
     /// (`[1, S, 4n, D]`, FastVideo's head layout with 4 heads per rank and D ≥ 128).
     func usableCount(_ count: Int, worldSize n: Int) -> Int {
         switch self {
-        case .allReduce, .allGather, .broadcast, .sendRecv: return max(0, count)
+        case .allReduce, .allGather, .broadcast, .sendRecv, .ringPass: return max(0, count)
         case .barrier: return 0
+        case .haloExchange: return max(0, count / 2 * 2)
         case .reduceScatter: return max(0, count / n * n)
         case .allToAll4D: return count >= 512 * n ? count / (4 * n) * (4 * n) : max(0, count / n * n)
         }
@@ -269,8 +276,9 @@ extension BenchOperation {
         let count = max(count, smallestCount(worldSize: n))
         let roundUp = { (step: Int) in (count + step - 1) / step * step }
         switch self {
-        case .allReduce, .allGather, .broadcast, .sendRecv: return count
+        case .allReduce, .allGather, .broadcast, .sendRecv, .ringPass: return count
         case .barrier: return 0
+        case .haloExchange: return roundUp(2)
         case .reduceScatter: return roundUp(n)
         case .allToAll4D: return roundUp(n) < 512 * n ? roundUp(n) : roundUp(4 * n)
         }
@@ -278,7 +286,11 @@ extension BenchOperation {
 
     /// The smallest per-rank element count the op can use.
     func smallestCount(worldSize n: Int) -> Int {
-        self == .reduceScatter || self == .allToAll4D ? n : 1
+        switch self {
+        case .reduceScatter, .allToAll4D: return n
+        case .haloExchange: return 2
+        default: return 1
+        }
     }
 }
 
@@ -329,6 +341,8 @@ public func runBenchmark(
                 case 1: return { try group.send(try group.recv(from: 0), to: 0) }
                 default: return {}
                 }
+            case .ringPass: return { _ = try group.ringPass(x) }
+            case .haloExchange: return { _ = try group.haloExchange(x, dim: 0, width: 1, periodic: true) }
             }
         }
         let inPlace: Measurement? = op.hasInPlaceForm ? try measure(everyRank, config, modelBytes: modelBytes) { group in
@@ -389,7 +403,8 @@ public func runBenchmark(
 /// below that `[1, 1, n, count/n]`.
 func inputShape(_ op: BenchOperation, count: Int, worldSize n: Int) -> [Int] {
     switch op {
-    case .allReduce, .allGather, .broadcast, .sendRecv, .barrier, .reduceScatter: return [count]
+    case .allReduce, .allGather, .broadcast, .sendRecv, .barrier, .reduceScatter, .ringPass: return [count]
+    case .haloExchange: return [2, count / 2]
     case .allToAll4D:
         let heads = 4 * n
         guard count >= 128 * heads else { return [1, 1, n, count / n] }

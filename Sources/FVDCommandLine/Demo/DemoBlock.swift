@@ -185,6 +185,59 @@ enum DemoMath {
         }
     }
 
+    /// Attention computed one key block at a time, merged by log-sum-exp (the online
+    /// softmax of ring and flash attention): per query row and head, the largest score so
+    /// far, the sum of the exponentials and the weighted values, rescaled as larger scores come.
+    struct OnlineSoftmax {
+        let queries: Int, heads: Int, headDim: Int
+        var maxima: [Float], sums: [Float], weighted: [Float]
+
+        init(queries: Int, heads: Int, headDim: Int) {
+            (self.queries, self.heads, self.headDim) = (queries, heads, headDim)
+            maxima = [Float](repeating: -.infinity, count: queries * heads)
+            sums = [Float](repeating: 0, count: queries * heads)
+            weighted = [Float](repeating: 0, count: queries * heads * headDim)
+        }
+
+        /// Merges the block of `keys` keys (`[keys, heads, headDim]`) at sequence positions
+        /// `keyOffset…`; those from `validKeys` on are padding and left out.
+        mutating func attend(q: [Float], k: ArraySlice<Float>, v: ArraySlice<Float>, keys: Int, keyOffset: Int, validKeys: Int) {
+            let stride = heads * headDim, scale = 1 / Float(headDim).squareRoot()
+            let valid = max(0, min(keys, validKeys - keyOffset))
+            guard valid > 0 else { return }
+            var scores = [Float](repeating: 0, count: valid)
+            for h in 0..<heads {
+                for i in 0..<queries {
+                    let row = i * heads + h, query = i * stride + h * headDim
+                    var best = maxima[row]
+                    for j in 0..<valid {
+                        let key = k.startIndex + j * stride + h * headDim
+                        var s: Float = 0
+                        for d in 0..<headDim { s += q[query + d] * k[key + d] }
+                        scores[j] = s * scale
+                        best = max(best, scores[j])
+                    }
+                    let rescale = expf(maxima[row] - best)
+                    sums[row] *= rescale
+                    for d in 0..<headDim { weighted[row * headDim + d] *= rescale }
+                    for j in 0..<valid {
+                        let e = expf(scores[j] - best)
+                        sums[row] += e
+                        let value = v.startIndex + j * stride + h * headDim
+                        for d in 0..<headDim { weighted[row * headDim + d] += e * v[value + d] }
+                    }
+                    maxima[row] = best
+                }
+            }
+        }
+
+        /// `[queries, heads, headDim]`: the weighted values over their sums.
+        func result() -> [Float] {
+            (0..<(queries * heads * headDim)).map { sums[$0 / headDim] > 0 ? weighted[$0] / sums[$0 / headDim] : 0 }
+        }
+    }
+
+
     /// Softmax attention of one sequence for `heads` heads.
     ///
     /// `q`, `k`, `v` are `[seq, heads, headDim]` row-major; keys at positions
@@ -316,6 +369,15 @@ protocol DemoCommunicator {
     /// once; each closure waits for its chunk.
     func startSequenceModelParallelAllToAll4D(_ input: Tensor, split: AllToAllSplit?, chunks: Int) -> [() throws -> Tensor]
     func sequenceModelParallelAllGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor
+    /// USP's ring group: its size (1: Ulysses only) and this rank's place in it.
+    var ringSize: Int { get }
+    var ringRank: Int { get }
+    /// This rank's place in the sequence-parallel group, whose sequence shards it holds in order.
+    var sequenceParallelRank: Int { get }
+    /// Starts passing `tensor` to the next rank of the ring; the closure waits for the previous rank's.
+    func startRingPass(_ tensor: Tensor) -> () throws -> Tensor
+    /// The `width` slices before and after this rank's sequence shard, from its SP neighbours.
+    func haloExchange(_ shard: Tensor, dim: Int, width: Int) throws -> (before: Tensor, after: Tensor)
 }
 
 /// One rank alone: every collective is the identity (what a size-1 group does).
@@ -337,12 +399,70 @@ struct DemoLocal: DemoCommunicator {
     func sequenceModelParallelAllGatherWithUnpad(_ input: Tensor, originalLength: Int, dim: Int) throws -> Tensor {
         input
     }
+    var ringSize: Int { 1 }
+    var ringRank: Int { 0 }
+    var sequenceParallelRank: Int { 0 }
+    func startRingPass(_ tensor: Tensor) -> () throws -> Tensor { { tensor } }
+    /// The whole sequence: nothing before or after it.
+    func haloExchange(_ shard: Tensor, dim: Int, width: Int) throws -> (before: Tensor, after: Tensor) {
+        var empty = shard.shape
+        empty[dim] = 0
+        let none = try Tensor(zeros: empty, dtype: shard.dtype)
+        return (none, none)
+    }
 }
 
 // MARK: - The block
 
 /// The video-DiT block (adaLN-zero), parallel over whatever `comm` provides.
 enum DemoBlock {
+    /// Ring attention (USP): `gathered` is `[3, T, h, D]`, q, k and v of this rank's Ulysses
+    /// group's `T` tokens for its heads. The k/v blocks of the ring's other Ulysses groups
+    /// pass by, each pass overlapped with the attention on the block held, and merge by
+    /// log-sum-exp (online softmax). Keys at global positions from `validKeys` are padding.
+    /// Returns `[T, h, D]`.
+    static func ringAttention(_ gathered: Tensor, headDim: Int, validKeys: Int, comm: some DemoCommunicator) throws -> [Float] {
+        let (tokens, heads) = (gathered.shape[1], gathered.shape[2])
+        let qkv = try gathered.chunked(3, dim: 0)
+        let q = try qkv[0].scalars(as: Float.self)
+        var kv = try Tensor.concatenated([qkv[1], qkv[2]], dim: 0)
+        var softmax = DemoMath.OnlineSoftmax(queries: tokens, heads: heads, headDim: headDim)
+        for step in 0..<comm.ringSize {
+            let next = step + 1 < comm.ringSize ? comm.startRingPass(kv) : nil
+            // The Ulysses group these keys come from, and so their place in the sequence.
+            let block = (comm.ringRank - step + comm.ringSize) % comm.ringSize
+            let values = try kv.scalars(as: Float.self)
+            let half = values.count / 2
+            softmax.attend(q: q, k: values[..<half], v: values[half...], keys: tokens, keyOffset: block * tokens, validKeys: validKeys)
+            if let next { kv = try next() }
+        }
+        return softmax.result()
+    }
+
+    /// `x[t] += ¼·x[t − F] + ½·x[t] + ¼·x[t + F]` on this rank's shard of the sequence, `F`
+    /// tokens a frame: a 3-tap temporal convolution, frames beyond the sequence (and its
+    /// padding) zero. The frames next to the shard come from the SP neighbours' halo
+    /// exchange; each element is the same sum as on one rank, so the result is the same bits.
+    static func temporalConvolve(_ x: inout DemoMatrix, frame: Int, validTokens: Int, comm: some DemoCommunicator) throws {
+        let (rows, c) = (x.rows, x.cols)
+        let offset = comm.sequenceParallelRank * rows  // the shards are equal (padded)
+        var input = x
+        for t in 0..<rows where offset + t >= validTokens {
+            input.data.replaceSubrange((t * c)..<((t + 1) * c), with: repeatElement(0, count: c))
+        }
+        let (before, after) = try comm.haloExchange(Tensor(shape: [rows, c], scalars: input.data), dim: 0, width: frame)
+        let (b, a) = (try before.scalars(as: Float.self), try after.scalars(as: Float.self))
+        /// Element `j` of row `t` of the sequence around the shard (0 beyond it).
+        func value(_ t: Int, _ j: Int) -> Float {
+            if t < 0 { return t + before.shape[0] >= 0 ? b[(t + before.shape[0]) * c + j] : 0 }
+            if t >= rows { return t - rows < after.shape[0] ? a[(t - rows) * c + j] : 0 }
+            return input.data[t * c + j]
+        }
+        for t in 0..<rows {
+            for j in 0..<c { x.data[t * c + j] += 0.25 * value(t - frame, j) + 0.5 * value(t, j) + 0.25 * value(t + frame, j) }
+        }
+    }
+
     /// Runs the block on one sample and returns its output `[S, C]`.
     ///
     /// - Parameter weights: this rank's tensor-parallel shard of the weights
@@ -359,7 +479,8 @@ enum DemoBlock {
     /// started at once, and attention on each group starts as soon as it has arrived, while
     /// the next is still being exchanged.
     static func forward(
-        sample: DemoSample, weights: DemoWeights, shape: DemoShape, comm: some DemoCommunicator, overlapChunks: Int = 1
+        sample: DemoSample, weights: DemoWeights, shape: DemoShape, comm: some DemoCommunicator, overlapChunks: Int = 1,
+        temporalConvolution frame: Int? = nil
     ) throws -> DemoMatrix {
         let c = shape.hidden, heads = shape.heads, headDim = shape.headDim
 
@@ -396,6 +517,10 @@ enum DemoBlock {
             let gathered = try chunk()
             fullTokens = gathered.shape[1]
             let chunkHeads = gathered.shape[2], perTensor = fullTokens * chunkHeads * headDim
+            if comm.ringSize > 1 {
+                parts.append((chunkHeads, try ringAttention(gathered, headDim: headDim, validKeys: length, comm: comm)))
+                continue
+            }
             parts.append((chunkHeads, try gathered.withUnsafeBufferPointer(as: Float.self) { all in
                 DemoMath.attention(
                     q: UnsafeBufferPointer(rebasing: all[0..<perTensor]),
@@ -422,6 +547,7 @@ enum DemoBlock {
             Tensor(shape: [1, fullTokens, localHeads, headDim], scalars: attended), scatterDim: 1, gatherDim: 2, split: .balanced)
         let attn = DemoMatrix(rows: localTokens, cols: c, data: try back.scalars(as: Float.self))
         DemoMath.addGated(&xLocal, DemoMath.matmul(attn, weights.wo), gate: gate1)
+        if let frame { try temporalConvolve(&xLocal, frame: frame, validTokens: length, comm: comm) }
 
         // 3. The whole sequence on every rank again.
         let full = try comm.sequenceModelParallelAllGatherWithUnpad(

@@ -67,6 +67,12 @@ struct DemoCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Groups of heads with --overlap.")
     var chunks: Int = 4
 
+    @Option(parsing: .unconditional, help: "USP ring degree R: each --sp group is sp / R Ulysses ranks × R ring ranks; attention runs as ring attention over the ring groups after the all-to-all inside each Ulysses group (1: Ulysses only).")
+    var ring = 1
+
+    @Flag(name: .customLong("temporal-conv"), help: "Add a 3-tap temporal convolution over the frames of each rank's sequence shard, with the neighbour-only halo exchange.")
+    var temporalConvolution = false
+
     func validate() throws {
         guard chunks >= 1 else { throw ValidationError("--chunks must be at least 1, got \(chunks)") }
         try checkTimeout(timeout)
@@ -81,6 +87,8 @@ struct DemoCommand: ParsableCommand {
             width: width, hidden: hidden ?? 16 * heads, heads: heads, seed: seed, timeout: timeout, tolerance: tolerance)
         config.verbose = verbose
         config.overlapChunks = overlap ? chunks : 1
+        config.ringDegree = ring
+        config.temporalConvolution = temporalConvolution
         let report: DemoReport
         var placement = RankPlacement.inProcess
         do {

@@ -46,6 +46,15 @@ public struct DemoConfiguration: Sendable, Equatable {
     /// group overlaps the exchange of the next (`fvd demo --overlap`); 1: one exchange.
     public var overlapChunks = 1
 
+    /// USP's ring degree (`fvd demo --ring R`): each sequence-parallel group is `sp / R`
+    /// Ulysses ranks × `R` ring ranks, and attention runs as ring attention over the ring
+    /// groups after the all-to-all inside each Ulysses group; 1: Ulysses only.
+    public var ringDegree = 1
+
+    /// Add a 3-tap temporal convolution over the frames of the sequence shards, with the
+    /// halo exchange (`fvd demo --temporal-conv`).
+    public var temporalConvolution = false
+
     /// Test hook: change one element of one rank's share of the weights, to prove the check can fail.
     var perturbation: DemoPerturbation?
 
@@ -161,7 +170,8 @@ private func loggingCollectives<R>(_ verbose: Bool, _ body: () throws -> R) reth
 
 public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProcess) throws -> DemoReport {
     _ = try GroupLayout(
-        worldSize: config.worldSize, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
+        worldSize: config.worldSize, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel,
+        ringDegree: config.ringDegree)
     try validate(config)
     try checkMemory(
         needed: config.memoryEstimate,
@@ -173,19 +183,23 @@ public func runDemo(_ config: DemoConfiguration, ranks: RankPlacement = .inProce
     let clock = ContinuousClock()
     let rankBody: @Sendable (GroupCoordinator) throws -> DemoRankResult = { comm in
         let state = try ParallelState(
-            world: comm, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
+            world: comm, tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel,
+            ringDegree: config.ringDegree)
         let sample = DemoSample(shape: shape, seed: config.seed, index: comm.rank / config.replicaSize)
         var shard = weights.tensorParallelShard(rank: state.tensorParallel.rankInGroup, of: state.tensorParallel.size)
         if let fault = config.perturbation, fault.rank == comm.rank { shard.perturb(fault) }
         let timed = DemoTimedCollectives(state: state)
         let output = try state.withCurrent {
-            try DemoBlock.forward(sample: sample, weights: shard, shape: shape, comm: timed, overlapChunks: config.overlapChunks)
+            try DemoBlock.forward(
+                sample: sample, weights: shard, shape: shape, comm: timed, overlapChunks: config.overlapChunks,
+                temporalConvolution: config.temporalConvolution ? config.height * config.width : nil)
         }
         return DemoRankResult(output: output, records: timed.records, rankMap: comm.rank == 0 ? state.describe() : "")
     }
     let reference = { (index: Int) throws -> DemoMatrix in
         try DemoBlock.forward(
-            sample: DemoSample(shape: shape, seed: config.seed, index: index), weights: weights, shape: shape, comm: DemoLocal())
+            sample: DemoSample(shape: shape, seed: config.seed, index: index), weights: weights, shape: shape, comm: DemoLocal(),
+            temporalConvolution: config.temporalConvolution ? config.height * config.width : nil)
     }
 
     switch ranks {
@@ -279,8 +293,30 @@ private final class DemoTimedCollectives: DemoCommunicator {
 
     func sequenceModelParallelAllToAll4D(_ input: Tensor, scatterDim: Int, gatherDim: Int, split: AllToAllSplit?) throws -> Tensor {
         try timed("sequence_model_parallel_all_to_all_4D (\(scatterDim),\(gatherDim))", input) {
-            try FastVideoDistributed.sequenceModelParallelAllToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split)
+            // With USP the all-to-all runs inside the Ulysses group (the SP group itself without a ring).
+            state.ring.size > 1
+                ? try state.ulysses.allToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split)
+                : try FastVideoDistributed.sequenceModelParallelAllToAll4D(input, scatterDim: scatterDim, gatherDim: gatherDim, split: split)
         }
+    }
+
+    var ringSize: Int { state.ring.size }
+    var ringRank: Int { state.ring.rankInGroup }
+    var sequenceParallelRank: Int { state.sequenceParallel.rankInGroup }
+
+    /// The wait is timed: the pass time the attention on the held block did not hide.
+    func startRingPass(_ tensor: Tensor) -> () throws -> Tensor {
+        let handle = state.ring.startRingPass(tensor)
+        return {
+            let start = self.clock.now
+            let block = try handle.wait()
+            self.records.append(DemoCollectiveRecord(name: "ring_pass", bytes: tensor.byteCount, duration: self.clock.now - start))
+            return block
+        }
+    }
+
+    func haloExchange(_ shard: Tensor, dim: Int, width: Int) throws -> (before: Tensor, after: Tensor) {
+        try timed("halo_exchange", shard) { try state.sequenceParallel.haloExchange(shard, dim: dim, width: width) }
     }
 
     /// Each chunk's wait is timed: with overlap, that is the exchange time attention did not hide.
@@ -361,6 +397,15 @@ private func validate(_ config: DemoConfiguration) throws {
     }
     guard config.tolerance >= 0 else {
         throw FVDError.invalidArgument("demo: tolerance must be non-negative, got \(config.tolerance)")
+    }
+    guard config.ringDegree == 1 || config.overlapChunks == 1 else {
+        throw FVDError.invalidArgument("demo: --overlap exchanges heads in chunks for Ulysses attention; with --ring, the ring passes overlap instead")
+    }
+    let sp = config.sequenceParallel, frame = config.height * config.width
+    if config.temporalConvolution, (tokens + sp - 1) / sp < frame {
+        throw FVDError.invalidArgument(
+            "demo: --temporal-conv needs at least one frame (\(frame) tokens) on each of the \(sp) sequence-parallel ranks; "
+                + "they get \((tokens + sp - 1) / sp)")
     }
 }
 

@@ -335,6 +335,20 @@ private func runExtras(_ world: GroupCoordinator, worldSize n: Int) throws -> [R
     results.append(ResultDigest(try Tensor(shape: [object["ranks"]!.count + 2], scalars: (object["ranks"]! + object["steps"]!).map(Int64.init))))
     let broadcastDict = try world.broadcastTensorDict(me == 0 ? TensorDict(["x": try randomBytes([5, n], .float16, seed: 42)]) : nil)
     results.append(ResultDigest(broadcastDict.tensors["x"]!))
+    // Beyond Ulysses: ring passes of uneven blocks, small and read in place, both ways; halo
+    // exchanges of uneven shards, periodic or not.
+    for (k, shape) in [[me + 1, 3], [me + 1, 20_000]].enumerated() {
+        let block = try randomBytes(shape, .float32, seed: UInt64(500 + 10 * me + k))
+        results.append(ResultDigest(try world.ringPass(block)))
+        results.append(ResultDigest(try world.ringPass(block, reverse: true)))
+    }
+    for (k, periodic) in [false, true].enumerated() {
+        for inner in [3, 5_000] {
+            let shard = try randomBytes([2, 2 + me, inner], .bfloat16, seed: UInt64(600 + 10 * me + k))
+            let (before, after) = try world.haloExchange(shard, dim: 1, width: 2, periodic: periodic)
+            results += [ResultDigest(before), ResultDigest(after)]
+        }
+    }
     return results
 }
 

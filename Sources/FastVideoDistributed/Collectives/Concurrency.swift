@@ -151,22 +151,22 @@ extension GroupCoordinator {
         try await awaitCall("broadcast_tensor_dict") { try $0.broadcastTensorDict(dict, from: root) }
     }
 
-    /// ``GroupCoordinator/ringPass(_:shape:reverse:)`` for Swift concurrency: suspends instead of blocking.
+    /// ``GroupCoordinator/ringPass(_:shape:reverse:)-1ukgy`` for Swift concurrency: suspends instead of blocking.
     public func ringPass(_ tensor: Tensor, shape: [Int]? = nil, reverse: Bool = false) async throws -> Tensor {
         try await awaitCall("ring_pass") { try $0.ringPass(tensor, shape: shape, reverse: reverse) }
     }
 
-    /// ``GroupCoordinator/ringPassVJP(_:shape:)`` for Swift concurrency: suspends instead of blocking.
+    /// ``GroupCoordinator/ringPassVJP(_:shape:)-2r1t4`` for Swift concurrency: suspends instead of blocking.
     public func ringPassVJP(_ gradient: Tensor, shape: [Int]? = nil) async throws -> Tensor {
         try await awaitCall("ring_pass_vjp") { try $0.ringPassVJP(gradient, shape: shape) }
     }
 
-    /// ``GroupCoordinator/haloExchange(_:dim:width:periodic:)`` for Swift concurrency: suspends instead of blocking.
+    /// ``GroupCoordinator/haloExchange(_:dim:width:periodic:)-9ryg0`` for Swift concurrency: suspends instead of blocking.
     public func haloExchange(_ shard: Tensor, dim: Int, width: Int, periodic: Bool = false) async throws -> (before: Tensor, after: Tensor) {
         try await awaitCall("halo_exchange") { try $0.haloExchange(shard, dim: dim, width: width, periodic: periodic) }
     }
 
-    /// ``GroupCoordinator/haloExchangeVJP(before:after:shard:dim:width:periodic:)`` for Swift concurrency: suspends
+    /// ``GroupCoordinator/haloExchangeVJP(before:after:shard:dim:width:periodic:)-p1dx`` for Swift concurrency: suspends
     /// instead of blocking.
     public func haloExchangeVJP(before: Tensor, after: Tensor, shard: Tensor, dim: Int, width: Int, periodic: Bool = false) async throws
         -> Tensor

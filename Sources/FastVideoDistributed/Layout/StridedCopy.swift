@@ -37,6 +37,9 @@ struct StridedCopy: Sendable, Equatable {
         normalize()
     }
 
+    /// A plan that copies nothing (a member this rank takes no bytes from).
+    static let empty = contiguous(srcOffset: 0, dstOffset: 0, bytes: 0)
+
     /// A single contiguous run.
     static func contiguous(srcOffset: Int, dstOffset: Int, bytes: Int) -> StridedCopy {
         StridedCopy(

@@ -6,6 +6,7 @@ enum CollectiveOp: UInt8, Sendable, CaseIterable {
     case allReduce, allGather, tensorModelParallelAllGather, sequenceModelParallelAllGather, allGatherInPlace
     case allGatherWithUnpad, reduceScatter, gather, broadcast, barrier, allToAll4D, send, recv, recvInPlace, broadcastInPlace
     case broadcastObject, broadcastTensorDict, gatherVJP
+    case ringPass, haloExchange
     /// A header that cannot be any real call (``Fault/Action/corruptHeader``).
     case corrupt
 
@@ -30,6 +31,8 @@ enum CollectiveOp: UInt8, Sendable, CaseIterable {
         case .broadcastObject: return "broadcast_object"
         case .broadcastTensorDict: return "broadcast_tensor_dict"
         case .gatherVJP: return "gather_vjp"
+        case .ringPass: return "ring_pass"
+        case .haloExchange: return "halo_exchange"
         case .corrupt: return "<corrupt header>"
         }
     }
@@ -50,6 +53,8 @@ enum CollectiveOp: UInt8, Sendable, CaseIterable {
         case .send, .recv, .recvInPlace: return .sendRecv
         case .broadcastInPlace: return .broadcast
         case .broadcastObject, .broadcastTensorDict, .gatherVJP: return .broadcastAny
+        case .ringPass: return .ringPass
+        case .haloExchange: return .haloExchange
         case .corrupt: return .corrupt
         }
     }
@@ -73,6 +78,8 @@ enum CollectiveOp: UInt8, Sendable, CaseIterable {
             let sender = at(0).flatMap { members.indices.contains($0) ? members[$0] : nil }
             return "from rank \(sender.map(String.init) ?? text(0))"
         case .allToAll4D: return AllToAllSplit.describe(arguments: a)
+        case .ringPass: return at(0) == 1 ? "reverse" : "forward"
+        case .haloExchange: return "dim=\(text(0)), width=\(text(1)), periodic=\(at(2) == 1)"
         case .barrier, .corrupt: return a.map(String.init).joined(separator: ", ")
         }
     }
@@ -81,15 +88,16 @@ enum CollectiveOp: UInt8, Sendable, CaseIterable {
 /// The collective underneath a ``CollectiveOp``: what every member's header must name.
 enum CollectiveKind: UInt8, Sendable {
     case allReduce, allGather, allGatherInPlace, allGatherWithUnpad, reduceScatter, gather, broadcast, barrier
-    case allToAll4D, sendRecv, broadcastAny, corrupt
+    case allToAll4D, sendRecv, broadcastAny, corrupt, ringPass, haloExchange
 
     /// Only the sending rank's header describes the data (its shape and dtype travel with
     /// it), so the others' shapes and dtypes are not compared. The first argument is the
     /// sender's index in the channel.
     var dataTravels: Bool { self == .sendRecv || self == .broadcastAny }
-    /// Ranks may pass different shapes (the uneven all-to-all): the body checks every
-    /// member's shape, so the error is the same on every rank.
-    var comparesShapes: Bool { !dataTravels && self != .allToAll4D }
+    /// Ranks may pass different shapes (the uneven all-to-all, a ring pass, the shards of a
+    /// halo exchange): the body checks every member's shape, so the error is the same on
+    /// every rank.
+    var comparesShapes: Bool { !dataTravels && self != .allToAll4D && self != .ringPass && self != .haloExchange }
 }
 
 extension DType {

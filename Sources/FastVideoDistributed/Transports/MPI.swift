@@ -488,7 +488,7 @@ final class MPIChannel: PeerMemoryChannel {
         switch header.op.kind {
         case .barrier, .corrupt:
             break
-        case .allGather, .allGatherInPlace, .allGatherWithUnpad, .allToAll4D:
+        case .allGather, .allGatherInPlace, .allGatherWithUnpad, .allToAll4D, .ringPass, .haloExchange:
             break  // the pulled kinds: the collective's pullByMessages moves exactly what it reads
         case .sendRecv:
             // The sender's input, and only that, to the receiver (the link's two members).
@@ -581,7 +581,7 @@ final class MPIChannel: PeerMemoryChannel {
 
     /// The collectives whose every member pulls with ``pullFromEveryMember(_:into:totalBytes:plan:)``
     /// (not `gather`: only its root pulls).
-    static let pulledKinds: Set<CollectiveKind> = [.allGather, .allGatherInPlace, .allGatherWithUnpad, .allToAll4D]
+    static let pulledKinds: Set<CollectiveKind> = [.allGather, .allGatherInPlace, .allGatherWithUnpad, .allToAll4D, .ringPass, .haloExchange]
 
     /// Moves every member's blocks by messages of contiguous bytes: MPI's own
     /// `MPI_Allgather` when every plan is one contiguous block and block j lands at j × its
