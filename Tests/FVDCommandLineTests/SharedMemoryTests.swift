@@ -123,4 +123,15 @@ struct SharedMemoryTests {
         #expect(result.stdout.contains("max abs error vs single-rank reference: 2.861e-06"))
         #expect(result.stdout.hasSuffix("PASS\n"))
     }
+
+    @Test("fvd demo --transport shm --ring 2 --temporal-conv: USP attention and the halo-exchanged convolution on 4 processes match one rank")
+    func demoRing() throws {
+        let result = try runFVD([
+            "demo", "--transport", "shm", "--world-size", "4", "--tp", "1", "--sp", "4", "--ring", "2", "--temporal-conv",
+            "--frames", "8", "--height", "2", "--width", "4",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("sequence parallel 4 (ulysses 2 × ring 2)") && result.stdout.contains("ring_pass"))
+        #expect(result.stdout.contains("halo_exchange") && result.stdout.hasSuffix("PASS\n"), "\(result.stdout)")
+    }
 }

@@ -93,14 +93,20 @@ extension GroupCoordinator {
             return periodic ? (try plan.tail(of: shard), try plan.head(of: shard)) : (plan.empty(shard.dtype), plan.empty(shard.dtype))
         }
         return try collective(op, shard, arguments: ArgumentList([dimKey(dim, shard.dimensionCount), width, periodic ? 1 : 0])) { _ in
-            let shapes = try (0..<size).map { try channel.slot(of: $0).dataShape() }
             let d = try Layout.normalize(dim: dim, ndim: shard.dimensionCount, op: op.name)
-            let others = { (shape: [Int]) in shape.enumerated().filter { $0.offset != d }.map(\.element) }
-            if shapes.contains(where: { $0.count != shard.dimensionCount || others($0) != others(shard.shape) }) {
-                throw FVDError.shapeMismatch(op: op.name, group: channel.label, ranks: ranks, shapes: shapes)
+            _ = try channel.slot(of: rankInGroup).dataShape()  // at most the dimensions a header holds
+            // Every member's shard: this one's size in every dimension but `d` (read in place, no arrays).
+            let nd = shard.dimensionCount
+            let fits = (0..<size).allSatisfy { j in
+                let peer = channel.slot(of: j)
+                return peer.ndim == nd && (0..<nd).allSatisfy { $0 == d || peer.dimension($0) == shard.shape[$0] }
+            }
+            guard fits else {
+                throw FVDError.shapeMismatch(op: op.name, group: channel.label, ranks: ranks, shapes: (0..<size).map { channel.slot(of: $0).shape })
             }
             let plan = try HaloPlan(
-                shard.shape, lengths: shapes.map { $0[d] }, dim: d, width: width, periodic: periodic, group: channel.label, ranks: ranks)
+                shard.shape, lengths: (0..<size).map { channel.slot(of: $0).dimension(d) }, dim: d, width: width, periodic: periodic,
+                group: channel.label, ranks: ranks)
             let es = shard.dtype.byteSize
             let before = Tensor(uninitializedShape: plan.haloShape(plan.hasBefore(rankInGroup) ? width : 0), dtype: shard.dtype)
             let after = Tensor(uninitializedShape: plan.haloShape(plan.hasAfter(rankInGroup) ? width : 0), dtype: shard.dtype)
