@@ -305,17 +305,18 @@ public func runBenchmark(
 ) throws -> BenchReport {
     try config.validate()
     let n = config.worldSize
-    let everyRank: (_ body: @escaping @Sendable (GroupCoordinator) throws -> [Double]) throws -> [Double]
+    let world: any DistributedWorld
     switch ranks {
     case .inProcess:
-        let world = try World.inProcess(size: n, timeout: 300)
-        everyRank = { body in try world.run(body)[0] }
-    case .process(let world):
-        guard world.size == n else {
-            throw FVDError.invalidArgument("--world-size \(n) differs from this process world's size \(world.size)")
+        world = try World.inProcess(size: n, timeout: 300)
+    case .process(let process):
+        guard process.size == n else {
+            throw FVDError.invalidArgument("--world-size \(n) differs from this process world's size \(process.size)")
         }
-        everyRank = { body in try world.run(body)[0] }
+        world = process
     }
+    // The first rank of this process reports: rank 0 in-process, this rank's own in a launched process.
+    let everyRank = { (body: @escaping @Sendable (GroupCoordinator) throws -> [Double]) throws -> [Double] in try world.run(body)[0] }
     var rows: [BenchRow] = []
     let plan = config.operations.flatMap { op in config.inputCounts(for: op).map { (op, $0) } }
     for (step, (op, count)) in plan.enumerated() {

@@ -237,7 +237,6 @@ enum DemoMath {
         }
     }
 
-
     /// Softmax attention of one sequence for `heads` heads.
     ///
     /// `q`, `k`, `v` are `[seq, heads, headDim]` row-major; keys at positions

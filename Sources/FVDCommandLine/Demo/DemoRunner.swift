@@ -306,13 +306,7 @@ private final class DemoTimedCollectives: DemoCommunicator {
 
     /// The wait is timed: the pass time the attention on the held block did not hide.
     func startRingPass(_ tensor: Tensor) -> () throws -> Tensor {
-        let handle = state.ring.startRingPass(tensor)
-        return {
-            let start = self.clock.now
-            let block = try handle.wait()
-            self.records.append(DemoCollectiveRecord(name: "ring_pass", bytes: tensor.byteCount, duration: self.clock.now - start))
-            return block
-        }
+        timedWait(state.ring.startRingPass(tensor), "ring_pass", bytes: tensor.byteCount)
     }
 
     func haloExchange(_ shard: Tensor, dim: Int, width: Int) throws -> (before: Tensor, after: Tensor) {
@@ -322,14 +316,17 @@ private final class DemoTimedCollectives: DemoCommunicator {
     /// Each chunk's wait is timed: with overlap, that is the exchange time attention did not hide.
     func startSequenceModelParallelAllToAll4D(_ input: Tensor, split: AllToAllSplit?, chunks: Int) -> [() throws -> Tensor] {
         state.sequenceParallel.startAllToAll4D(input, split: split, chunks: chunks).map { handle in
-            {
-                let start = self.clock.now
-                let part = try handle.wait()
-                self.records.append(
-                    DemoCollectiveRecord(
-                        name: "sequence_model_parallel_all_to_all_4D (2,1)", bytes: input.byteCount / chunks, duration: self.clock.now - start))
-                return part
-            }
+            timedWait(handle, "sequence_model_parallel_all_to_all_4D (2,1)", bytes: input.byteCount / chunks)
+        }
+    }
+
+    /// A wait for a started collective that records how long the rank waited for it.
+    private func timedWait(_ handle: CollectiveHandle<Tensor>, _ name: String, bytes: Int) -> () throws -> Tensor {
+        {
+            let start = self.clock.now
+            let result = try handle.wait()
+            self.records.append(DemoCollectiveRecord(name: name, bytes: bytes, duration: self.clock.now - start))
+            return result
         }
     }
 

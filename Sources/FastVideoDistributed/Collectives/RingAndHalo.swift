@@ -181,11 +181,11 @@ private struct HaloPlan {
     let outer: Int
     let inner: Int
 
+    /// `dim` is normalized (0 ..< `shape.count`).
     /// - Throws: ``FVDError/invalidArgument(_:)`` for a negative width or one longer than a
-    ///   shard a halo is cut from; ``FVDError/invalidDimension(op:dim:ndim:)``.
-    init(_ shape: [Int], lengths: [Int], dim: Int, width: Int, periodic: Bool, group: String, ranks: [Int]) throws {
+    ///   shard a halo is cut from.
+    init(_ shape: [Int], lengths: [Int], dim d: Int, width: Int, periodic: Bool, group: String, ranks: [Int]) throws {
         let op = CollectiveOp.haloExchange.name
-        let d = try Layout.normalize(dim: dim, ndim: shape.count, op: op)
         guard width >= 0 else { throw FVDError.invalidArgument("\(op) in group \(group): width must be at least 0, got \(width)") }
         let n = lengths.count
         // Every shard has a neighbour that cuts a halo from it (itself, periodic, in a group

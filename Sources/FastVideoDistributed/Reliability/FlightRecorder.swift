@@ -125,6 +125,10 @@ public final class FlightRecorder: @unchecked Sendable {
         }
     }
 
+    /// ``printsOnBreakFromEnvironment()`` for a recorder made after the world checked the
+    /// variable (a malformed value has been reported there).
+    static var printsOnBreakByDefault: Bool { (try? printsOnBreakFromEnvironment()) ?? true }
+
     /// The label a group's records carry (the same for the same text).
     func label(_ text: String) -> Label {
         labels.withLock { labels in

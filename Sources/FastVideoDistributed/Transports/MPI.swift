@@ -56,7 +56,7 @@ final class MPIWorldState: ChannelFactory, @unchecked Sendable {
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         recorder = FlightRecorder(
             rank: Int(rank), directory: FlightRecorder.directoryFromEnvironment,
-            printsOnBreak: (try? FlightRecorder.printsOnBreakFromEnvironment()) ?? true)
+            printsOnBreak: FlightRecorder.printsOnBreakByDefault)
         (host, hostOf) =
             size > 1
             ? try MPIHost.join(worldRank: Int(rank), worldSize: Int(size), timeout: timeout, recorder: recorder) : (nil, [0])

@@ -400,7 +400,7 @@ final class SharedMemoryWorldState: ChannelFactory, WaitingWorld, Sendable {
             recorder
             ?? FlightRecorder(
                 rank: worldRanks?[segment.rank] ?? segment.rank, directory: FlightRecorder.directoryFromEnvironment,
-                printsOnBreak: (try? FlightRecorder.printsOnBreakFromEnvironment()) ?? true)
+                printsOnBreak: FlightRecorder.printsOnBreakByDefault)
         timeoutNanoseconds = FastVideoDistributed.timeoutNanoseconds(timeout)
         // The online processors, not this process's affinity mask: ranks pinned one per
         // core each see a single CPU. Ranks forced onto one CPU stop spinning by themselves
